@@ -1,0 +1,128 @@
+"""From a :class:`~jaxgan.configs.Config` to the things a run needs: the GAN and its data.
+
+The one place that reads a config and constructs library objects; everything below takes
+plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgan import losses, penalties
+from jaxgan.configs import Config, ConfigError
+from jaxgan.data import checks, toy
+from jaxgan.gan import GAN, Schedule
+from jaxgan.nets import mlp_pair
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySource:
+    """Real examples held in memory ``[N, ...]``, sampled with replacement by position: the
+    batch for key ``k`` and example ``i`` is ``data[randint(fold_in(k, i))]`` (pure, on device)."""
+
+    name: str
+    data: np.ndarray
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+    def sample_ids(self, key: Array, ids: Array) -> Array:
+        data = jnp.asarray(self.data)
+        idx = jax.vmap(
+            lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, data.shape[0])
+        )(ids)
+        return data[idx]
+
+
+def load_array(path: str) -> ArraySource:
+    """A ``.npy`` array of real examples ``[N, ...]``, checked on load."""
+    if not os.path.isfile(path):
+        raise checks.DataError(f"dataset file {path!r} does not exist: pass an existing .npy file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise checks.DataError(f"cannot read {path!r} as a numpy array ({err}): save it with np.save") from None
+    if data.ndim < 2 or data.shape[0] < 2:
+        raise checks.DataError(
+            f"dataset {path!r} has shape {data.shape}: it needs [N, ...] with N >= 2 examples"
+        )
+    checks.check_batch(data, data.shape[1:], what=f"dataset {path!r}")
+    return ArraySource(name=os.path.basename(path), data=data.astype(np.float32))
+
+
+def data_source(config: Config):
+    """The real-data sampler named by ``config.dataset``."""
+    if config.dataset in toy.TOY:
+        return toy.TOY[config.dataset]
+    if config.dataset.endswith(".npy"):
+        return load_array(config.dataset)
+    raise ConfigError(f"dataset={config.dataset!r}: unknown dataset")
+
+
+def remedies(config: Config) -> tuple[penalties.Remedy, ...]:
+    """The penalty/remedy tuple the config switches on, in a fixed order."""
+    out: list[penalties.Remedy] = []
+    if config.gp > 0:
+        out.append(penalties.GradientPenalty(weight=config.gp))
+    if config.r1 > 0:
+        out.append(penalties.R1(gamma=config.r1))
+    if config.r2 > 0:
+        out.append(penalties.R2(gamma=config.r2))
+    if config.d_weight_l2 > 0:
+        out.append(penalties.WeightPenalty(weight=config.d_weight_l2))
+    if config.weight_clip > 0:
+        out.append(penalties.WeightClip(clip=config.weight_clip))
+    if config.instance_noise > 0:
+        # The config anneals over rounds; the remedy counts D updates.
+        anneal = config.instance_noise_anneal * config.d_steps
+        out.append(penalties.InstanceNoise(std=config.instance_noise, anneal_steps=anneal))
+    if config.label_smoothing > 0:
+        out.append(penalties.LabelSmoothing(real_target=1.0 - config.label_smoothing))
+    if config.label_flip > 0:
+        out.append(penalties.LabelFlip(rate=config.label_flip))
+    return tuple(out)
+
+
+def adam(lr: float, config: Config) -> optax.GradientTransformation:
+    # Differentiating through Adam (the unrolled lookahead) needs eps_root > 0: the derivative
+    # of sqrt(v) is infinite at v = 0, which a parameter with an exactly-zero gradient hits.
+    eps_root = 1e-16 if config.unroll_steps > 0 else 0.0
+    return optax.adam(lr, b1=config.b1, b2=config.b2, eps_root=eps_root)
+
+
+def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None = None) -> GAN:
+    """The GAN definition for ``config`` on data with examples of ``example_shape``."""
+    if config.model != "mlp":
+        raise ConfigError(f"model={config.model!r}: unknown model")
+    g, d = mlp_pair(
+        example_shape,
+        config.latent_dim,
+        g_hidden=config.g_hidden,
+        d_hidden=config.d_hidden,
+        activation=config.activation,
+        d_dropout=config.d_dropout,
+    )
+    return GAN(
+        generator=g,
+        discriminator=d,
+        g_optimizer=adam(config.g_lr, config),
+        d_optimizer=adam(config.d_lr, config),
+        loss=losses.get(config.loss),
+        schedule=Schedule(d_steps=config.d_steps, g_steps=config.g_steps),
+        unroll_steps=config.unroll_steps,
+        unroll_first_order=config.unroll_first_order,
+        unroll_remat=config.unroll_remat,
+        penalties=remedies(config),
+        ema_decay=config.ema_decay if config.ema_decay > 0 else None,
+        axis_name=axis_name,
+        skip_nonfinite=config.nan_policy == "skip",
+    )

@@ -1,0 +1,175 @@
+"""``jaxgan``: train | sample | bench.
+
+Errors a user can fix (bad config, bad data, bad run directory) print one line starting with
+``jaxgan: error:`` and exit with status 2, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+from jaxgan import configs, rundir
+from jaxgan.checkpoint import CheckpointError
+from jaxgan.data.checks import DataError
+
+USER_ERRORS = (configs.ConfigError, DataError, rundir.RunDirError, CheckpointError)
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, default_preset: str | None) -> None:
+    p.add_argument("--preset", default=default_preset,
+                   help=f"named configuration: {', '.join(sorted(configs.PRESETS))}")
+    p.add_argument("--steps", type=int, default=None, help="the total number of steps (rounds) to reach")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set loss=hinge unroll_steps=5 "
+                        "penalties=gp:10 (unknown keys list the valid ones)")
+
+
+def _config_from_args(args, base: configs.Config | None = None) -> configs.Config:
+    config = base if base is not None else configs.preset(args.preset or "ring8")
+    overrides = configs.parse_overrides(args.set)
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    return configs.apply_overrides(config, overrides)
+
+
+def _default_out(preset: str) -> str:
+    return os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_train(args) -> int:
+    from jaxgan import loop
+
+    saved = None
+    if args.out and os.path.isfile(os.path.join(args.out, rundir.CONFIG)) and args.preset is None and not args.set:
+        saved = rundir.load_config(args.out)  # `jaxgan train --out DIR` resumes DIR as it was
+    if args.preset is None and saved is None:
+        args.preset = "ring8"
+    config = _config_from_args(args, base=saved)
+    out = args.out or _default_out(config.preset)
+    try:
+        loop.train(config, out, progress=not args.quiet)
+    except loop.NonFiniteError as err:
+        print(f"jaxgan: error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import jax
+    import numpy as np
+
+    from jaxgan import loop, viz
+    from jaxgan.checkpoint import Checkpointer
+
+    if not args.out.endswith((".npy", ".png")):
+        raise configs.ConfigError(f"--out {args.out!r}: write samples to a .npy or .png file")
+    if args.n < 1:
+        raise configs.ConfigError(f"-n {args.n}: ask for at least one sample")
+    config = rundir.load_config(args.run)
+    run = loop.Run.from_config(config)
+    ckpt = Checkpointer(os.path.join(args.run, rundir.CHECKPOINTS), keep=config.keep_checkpoints)
+    if ckpt.latest_step() is None:
+        raise rundir.RunDirError(f"{args.run!r} has no checkpoint yet: train it first (jaxgan train --out {args.run})")
+    state, record = ckpt.restore(run.init_state())
+    ckpt.close()
+    samples = np.asarray(jax.jit(lambda s, k: run.gan.sample(s, k, args.n))(state, jax.random.key(args.seed)))
+    if args.out.endswith(".npy"):
+        np.save(args.out, samples)
+    elif samples.ndim == 2 and samples.shape[1] == 2:
+        viz.scatter_2d(samples, args.out, log_density=getattr(run.source, "log_density", None),
+                       centers=getattr(run.source, "centers", None), title=f"step {record['step']}")
+    elif samples.ndim == 4:
+        viz.image_grid(samples, args.out, title=f"step {record['step']}")
+    else:
+        raise configs.ConfigError(f"samples of shape {samples.shape[1:]} have no picture; use --out FILE.npy")
+    print(f"jaxgan: wrote {args.n} samples from step {record['step']} of {args.run} to {args.out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import functools
+
+    import jax
+    import numpy as np
+
+    from jaxgan import loop
+    from jaxgan.runner import train_chunk
+
+    config = _config_from_args(args)
+    steps = args.steps or 200
+    run = loop.Run.from_config(config)
+    state = run.init_state()
+    chunk = min(config.log_every, steps)
+    fn = jax.jit(functools.partial(train_chunk, run.gan, run.source, local_batch=config.batch_size,
+                                   rounds=chunk), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state).compile()
+    compile_s = time.perf_counter() - t0
+    state, m = compiled(state)  # warm-up
+    jax.block_until_ready((state, m))
+    n_chunks = max(1, steps // chunk)
+    t0 = time.perf_counter()
+    for _ in range(n_chunks):
+        state, m = compiled(state)
+    jax.block_until_ready((state, m))
+    elapsed = time.perf_counter() - t0
+    result = {
+        "preset": config.preset,
+        "overrides": args.set,
+        "steps": n_chunks * chunk,
+        "batch_size": config.batch_size,
+        "compile_s": round(compile_s, 3),
+        "steps_per_s": round(n_chunks * chunk / elapsed, 2),
+        "final_generator_score": float(np.asarray(m["generator_score"])[-1]),
+        "devices": 1,
+        "platform": jax.devices()[0].platform,
+        "machine": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxgan", description="Train and measure GANs in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a preset (default ring8) into a run directory")
+    _add_config_args(p, default_preset=None)
+    p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>); "
+                   "an existing run there is resumed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("--run", required=True, help="a run directory")
+    p.add_argument("-n", type=int, default=1000, help="number of samples")
+    p.add_argument("--out", required=True, help="FILE.npy (array) or FILE.png (picture)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("bench", help="compile time and steps/s of a preset's training step")
+    _add_config_args(p, default_preset="ring8")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"jaxgan: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Run configurations as data, and the named presets.
+
+A :class:`Config` is a frozen dataclass of plain values (it round-trips through JSON into a
+run's ``config.json``). Presets are small functions returning one; ``--set key=value``
+overrides are parsed and validated here, once, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field, the value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs, as plain values. Field comments are the ``--set`` help."""
+
+    preset: str = "ring8"
+    dataset: str = "ring8"  # ring8 | grid25 | gaussian1d | gaussian2d | a .npy file [N, ...]
+    model: str = "mlp"  # mlp
+    latent_dim: int = 256
+    g_hidden: tuple[int, ...] = (128, 128)  # MLP hidden widths, e.g. g_hidden=128,128
+    d_hidden: tuple[int, ...] = (128, 128)
+    activation: str = "tanh"  # relu | tanh | leaky_relu | elu
+    d_dropout: float = 0.0  # dropout rate in D's hidden layers (a remedy)
+    loss: str = "non_saturating"  # minimax | non_saturating | wasserstein | hinge | least_squares
+    d_steps: int = 1  # D updates per round
+    g_steps: int = 1  # G updates per round
+    unroll_steps: int = 0  # unrolled-GAN lookahead depth k (0: plain GAN)
+    unroll_first_order: bool = False  # stop the gradient through the lookahead
+    unroll_remat: bool = False  # jax.checkpoint the lookahead (less memory, more compute)
+    g_lr: float = 1e-3
+    d_lr: float = 1e-4
+    b1: float = 0.5  # Adam beta1 (both players)
+    b2: float = 0.999  # Adam beta2 (both players)
+    batch_size: int = 512  # global batch (split over devices)
+    steps: int = 5000  # rounds to reach (one round = d_steps D updates + g_steps G updates)
+    # Penalties and remedies (0 switches one off). `penalties=gp:10,label_flip:0.1` sets several.
+    gp: float = 0.0  # WGAN-GP weight lambda
+    r1: float = 0.0  # R1 gamma
+    r2: float = 0.0  # R2 gamma
+    weight_clip: float = 0.0  # WGAN weight clipping bound c
+    d_weight_l2: float = 0.0  # L2 penalty weight on D's kernels
+    instance_noise: float = 0.0  # std of Gaussian noise on D's inputs
+    instance_noise_anneal: int = 0  # rounds over which that std decays linearly to 0 (0: constant)
+    label_smoothing: float = 0.0  # one-sided: real targets become 1 - label_smoothing
+    label_flip: float = 0.0  # fraction of real examples labelled fake
+    ema_decay: float = 0.0  # EMA of G's weights for sampling (0: off), e.g. 0.999
+    nan_policy: str = "stop"  # stop | skip: on a NaN/Inf update, stop the run or skip the update
+    devices: int = 0  # devices to use (0: all local devices)
+    seed: int = 0
+    log_every: int = 100  # rounds between logged metrics (and compiled chunk length)
+    plot_every: int = 1000  # rounds between plots and sample pictures
+    ckpt_every: int = 1000  # rounds between checkpoints
+    keep_checkpoints: int = 3  # how many recent checkpoints to keep
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {unknown} in saved config; valid keys: {sorted(known)}"
+            )
+        values = {k: _coerce(cls, k, v) for k, v in data.items()}
+        return validate(cls(**values))
+
+
+PENALTY_KEYS = (
+    "gp",
+    "r1",
+    "r2",
+    "weight_clip",
+    "d_weight_l2",
+    "instance_noise",
+    "label_smoothing",
+    "label_flip",
+)
+
+# Which config keys may differ between a run's saved config and a resumed one.
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "devices"})
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+def ring8() -> Config:
+    """Ring of 8 Gaussians, the unrolled-GAN paper's setup (see benchmarks/README.md).
+
+    Run: ``jaxgan train`` (this is the default preset), or with the lookahead
+    ``jaxgan train --set unroll_steps=10``.
+    """
+    return Config(preset="ring8", dataset="ring8")
+
+
+def grid25() -> Config:
+    """5x5 grid of Gaussians (VEEGAN/PacGAN's harder mode-collapse benchmark)."""
+    return Config(preset="grid25", dataset="grid25")
+
+
+def gaussian1d() -> Config:
+    """One 1-D Gaussian N(1, 0.5^2): the smallest problem on which a GAN must move G's moments."""
+    return Config(
+        preset="gaussian1d", dataset="gaussian1d", latent_dim=4, g_hidden=(32,), d_hidden=(32,),
+        activation="relu", batch_size=256, steps=2000, d_lr=1e-3, g_lr=1e-3,
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "ring8": ring8,
+    "grid25": grid25,
+    "gaussian1d": gaussian1d,
+}
+
+
+def preset(name: str) -> Config:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------- overrides
+
+
+def _field_types(cls=Config) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(cls, key: str, value: Any) -> Any:
+    """Turn ``value`` (a string from the command line, or JSON) into field ``key``'s type."""
+    typ = _field_types(cls)[key]
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            return str(value)
+        if typing.get_origin(typ) is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(v) for v in items if str(v).strip() != "")
+        if isinstance(typ, types.UnionType):
+            return value
+    except (TypeError, ValueError):
+        name = getattr(typ, "__name__", str(typ))
+        raise ConfigError(
+            f"config key {key!r} needs a value of type {name}, got {value!r}"
+        ) from None
+    return value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["loss=hinge", "gp=10"]`` -> ``{"loss": "hinge", "gp": 10.0}``; ``penalties=gp:10,r1:1``
+    expands to the penalty keys. Unknown keys and bad values raise :class:`ConfigError` listing
+    the valid keys."""
+    valid = sorted(_field_types())
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set loss=hinge)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key == "penalties":
+            out.update(_parse_penalties(value))
+            continue
+        if key not in valid or key == "preset":
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}, penalties")
+        out[key] = _coerce(Config, key, value)
+    return out
+
+
+def _parse_penalties(text: str) -> dict[str, float]:
+    out: dict[str, float] = {k: 0.0 for k in PENALTY_KEYS}
+    text = text.strip()
+    if text.lower() in ("", "none", "off"):
+        return out
+    for part in text.split(","):
+        name, sep, value = part.partition(":")
+        name = name.strip()
+        if name not in PENALTY_KEYS or not sep:
+            raise ConfigError(
+                f"penalties expects name:value pairs such as gp:10,label_flip:0.1; got {part!r}; "
+                f"names: {', '.join(PENALTY_KEYS)}"
+            )
+        out[name] = _coerce(Config, name, value)
+    return out
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    return validate(dataclasses.replace(config, **overrides))
+
+
+# ---------------------------------------------------------------------------- validation
+
+LOSS_NAMES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_squares")
+DATASETS = ("ring8", "grid25", "gaussian1d", "gaussian2d")
+
+
+def validate(c: Config) -> Config:
+    """Raise :class:`ConfigError` for a config that cannot run; return it unchanged otherwise."""
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={getattr(c, key)!r}: {why}")
+
+    need(c.loss in LOSS_NAMES, "loss", f"unknown loss; choose one of {', '.join(LOSS_NAMES)}")
+    need(
+        c.dataset in DATASETS or c.dataset.endswith(".npy"),
+        "dataset",
+        f"choose one of {', '.join(DATASETS)} or a path to a .npy array [N, ...]",
+    )
+    need(c.model == "mlp", "model", "choose mlp")
+    need(c.d_steps >= 1, "d_steps", "each round needs at least one D update; use d_steps=1 or more")
+    need(c.g_steps >= 1, "g_steps", "each round needs at least one G update; use g_steps=1 or more")
+    need(c.unroll_steps >= 0, "unroll_steps", "the lookahead depth must be >= 0 (0: plain GAN)")
+    need(c.latent_dim >= 1, "latent_dim", "must be >= 1")
+    need(c.batch_size >= 2, "batch_size", "must be >= 2 (the diversity statistic compares pairs)")
+    need(c.steps >= 1, "steps", "must be >= 1")
+    for key in ("g_lr", "d_lr"):
+        need(getattr(c, key) >= 0.0, key, "a learning rate must be >= 0")
+    for key in ("b1", "b2"):
+        need(0.0 <= getattr(c, key) < 1.0, key, "Adam's betas must be in [0, 1)")
+    for key in ("gp", "r1", "r2", "weight_clip", "d_weight_l2", "instance_noise"):
+        need(getattr(c, key) >= 0.0, key, "must be >= 0 (0 switches it off)")
+    need(0.0 <= c.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1), e.g. 0.1")
+    need(0.0 <= c.label_flip < 1.0, "label_flip", "must be in [0, 1), e.g. 0.05")
+    need(0.0 <= c.d_dropout < 1.0, "d_dropout", "must be in [0, 1)")
+    need(0.0 <= c.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0: off), e.g. 0.999")
+    need(c.instance_noise_anneal >= 0, "instance_noise_anneal", "must be >= 0")
+    need(c.nan_policy in ("stop", "skip"), "nan_policy", "choose stop or skip")
+    need(c.devices >= 0, "devices", "must be >= 0 (0: all local devices)")
+    for key in ("log_every", "plot_every", "ckpt_every", "keep_checkpoints"):
+        need(getattr(c, key) >= 1, key, "must be >= 1")
+    need(all(w >= 1 for w in c.g_hidden) and len(c.g_hidden) >= 1, "g_hidden", "widths >= 1, e.g. 128,128")
+    need(all(w >= 1 for w in c.d_hidden) and len(c.d_hidden) >= 1, "d_hidden", "widths >= 1, e.g. 128,128")
+    return c

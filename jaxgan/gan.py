@@ -1,0 +1,432 @@
+"""The GAN definition, its state, and the pure step functions.
+
+A :class:`GAN` is static (networks, optimizers, loss, schedule, remedies); a :class:`GANState`
+is a pytree of arrays. Every step is a pure function ``(state, batch) -> (state, metrics)`` that
+runs unchanged under ``jax.jit``, ``jax.vmap`` (several GANs at once), ``jax.lax.scan`` (many
+steps per call) and ``jax.pmap`` / ``jax.shard_map`` (set ``axis_name``).
+
+Randomness is keyed by position, never by call order: the draws of discriminator update ``n``
+come from ``fold_in(fold_in(state.rng, D), n)``, those of generator update ``n`` from
+``fold_in(fold_in(state.rng, G), n)``, and within an update the latent and noise of global
+example ``i`` from ``fold_in(key, i)``. A run therefore follows the same trajectory on one
+device with batch B or on n devices with B/n each, and after a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgan import losses as losses_lib
+from jaxgan import scores as scores_lib
+from jaxgan import unroll as unroll_lib
+from jaxgan.nets.adapters import Network
+from jaxgan.penalties import PenaltyInputs, Remedy
+
+Array = jax.Array
+PyTree = Any
+Metrics = dict[str, Array]
+
+# fold_in tags separating the key streams of the state's base key.
+_INIT, _D, _G, _SAMPLE = 0, 1, 2, 3
+
+
+@flax.struct.dataclass
+class PlayerState:
+    """One player's trainable state. ``count`` is the number of updates applied to it."""
+
+    params: PyTree
+    model_state: PyTree
+    opt_state: PyTree
+    count: Array
+
+
+@flax.struct.dataclass
+class GANState:
+    """Everything that changes during training, as one immutable pytree.
+
+    ``step`` counts completed :meth:`GAN.train_step` rounds. ``rng`` is the run's base key; it
+    is never advanced, because every draw is derived from it by position (see module doc).
+    ``ema_params`` is the exponential moving average of G's params, or None when EMA is off.
+    """
+
+    g: PlayerState
+    d: PlayerState
+    step: Array
+    rng: Array
+    ema_params: PyTree = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Alternating training: ``d_steps`` discriminator updates, then ``g_steps`` generator
+    updates, per round (Goodfellow et al. 2014, Algorithm 1 has d_steps=k, g_steps=1)."""
+
+    d_steps: int = 1
+    g_steps: int = 1
+
+    def __post_init__(self):
+        for name in ("d_steps", "g_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(
+                    f"Schedule.{name} must be an integer >= 1 (got {value!r}): each round needs "
+                    f"at least one update of each player; set {name}=1 for the classic schedule"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class GAN:
+    """A static GAN definition. Safe to close over in ``jax.jit``; holds no arrays.
+
+    ``unroll_steps=k`` trains G against D advanced k updates ahead (:mod:`jaxgan.unroll`);
+    ``unroll_first_order`` stops the gradient through those updates; ``unroll_remat`` wraps the
+    unrolled update in ``jax.checkpoint``. ``axis_name`` names the device axis when the steps
+    run under ``pmap``/``shard_map``: gradients, metrics and (if ``sync_model_state``) batch
+    statistics are averaged over it. ``ema_decay`` keeps an EMA of G's params in the state.
+    ``skip_nonfinite`` discards an update whose loss, gradient or new params are not finite
+    (the metrics ``d_nonfinite``/``g_nonfinite`` flag it either way).
+    """
+
+    generator: Network
+    discriminator: Network
+    g_optimizer: optax.GradientTransformation
+    d_optimizer: optax.GradientTransformation
+    loss: losses_lib.Loss = losses_lib.NON_SATURATING
+    schedule: Schedule = Schedule()
+    unroll_steps: int = 0
+    unroll_first_order: bool = False
+    unroll_remat: bool = False
+    penalties: tuple[Remedy, ...] = ()
+    ema_decay: float | None = None
+    axis_name: str | None = None
+    sync_model_state: bool = True
+    skip_nonfinite: bool = False
+
+    def __post_init__(self):
+        if self.generator.latent_dim is None or self.generator.latent_dim < 1:
+            raise ValueError(
+                "the generator Network needs latent_dim >= 1 (e.g. from_linen(G(), latent_dim=64))"
+            )
+        if not isinstance(self.unroll_steps, int | np.integer) or self.unroll_steps < 0:
+            raise ValueError(
+                f"unroll_steps must be an integer >= 0 (got {self.unroll_steps!r}); "
+                "0 is the plain generator step"
+            )
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None (got {self.ema_decay!r})")
+        if not isinstance(self.penalties, tuple):
+            object.__setattr__(self, "penalties", tuple(self.penalties))
+        for p in self.penalties:
+            if not isinstance(p, Remedy):
+                raise TypeError(f"penalties must be jaxgan.penalties remedies, got {p!r}")
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.generator.latent_dim)
+
+    def example_ids(self, n: int) -> Array:
+        """Global indices of this device's ``n`` examples."""
+        ids = jnp.arange(n, dtype=jnp.uint32)
+        if self.axis_name is not None:
+            ids = ids + jax.lax.axis_index(self.axis_name).astype(jnp.uint32) * n
+        return ids
+
+    def latents(self, key: Array, ids: Array) -> Array:
+        """Standard-normal latents ``[len(ids), latent_dim]``; row i is a function of (key, ids[i])."""
+        return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (self.latent_dim,)))(
+            ids
+        )
+
+    def _pmean(self, tree: PyTree) -> PyTree:
+        return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
+
+    def _generate(self, params, model_state, z, key, train):
+        return self.generator.apply(params, model_state, z, key=key, train=train)
+
+    def _discriminate(self, params, model_state, x, key, train):
+        logits, new_state = self.discriminator.apply(params, model_state, x, key=key, train=train)
+        return logits.reshape(x.shape[0]), new_state
+
+    def _perturb(self, x: Array, key: Array, ids: Array, t: Array) -> Array:
+        for i, p in enumerate(self.penalties):
+            x = p.perturb(x, jax.random.fold_in(key, i), ids, t)
+        return x
+
+    def _finite_update(self, old: PlayerState, new: PlayerState, finite: Array) -> PlayerState:
+        if not self.skip_nonfinite:
+            return new
+        kept = jax.tree.map(
+            lambda a, b: jnp.where(finite, a, b), (new.params, new.model_state, new.opt_state),
+            (old.params, old.model_state, old.opt_state),
+        )
+        return new.replace(params=kept[0], model_state=kept[1], opt_state=kept[2])
+
+    # ------------------------------------------------------------------ init / sample
+
+    def init(self, key: Array, example_batch: Array) -> GANState:
+        """A fresh state. ``example_batch: [B, ...]`` fixes the data shape (values unused)."""
+        if example_batch.ndim < 2:
+            raise ValueError(
+                f"example_batch must be [batch, ...features], got shape {example_batch.shape}"
+            )
+        init_key = jax.random.fold_in(key, _INIT)
+        kg, kd = jax.random.split(init_key)
+        z = jnp.zeros((example_batch.shape[0], self.latent_dim), jnp.float32)
+        g_params, g_state = self.generator.init(kg, z)
+        fake_shape = jax.eval_shape(
+            lambda p, s: self._generate(p, s, z, kg, False)[0], g_params, g_state
+        ).shape
+        if tuple(fake_shape) != tuple(example_batch.shape):
+            raise ValueError(
+                f"the generator makes samples of shape {tuple(fake_shape)[1:]} but the data has "
+                f"shape {tuple(example_batch.shape)[1:]}: make the generator's output match the "
+                "data (e.g. its output size or image size)"
+            )
+        d_params, d_state = self.discriminator.init(kd, jnp.zeros_like(example_batch))
+        logit_shape = jax.eval_shape(
+            lambda p, s: self.discriminator.apply(p, s, example_batch, key=kd, train=False)[0],
+            d_params,
+            d_state,
+        ).shape
+        if int(np.prod(logit_shape)) != example_batch.shape[0]:
+            raise ValueError(
+                f"the discriminator must output one logit per example ([B] or [B, 1]); it "
+                f"outputs shape {tuple(logit_shape)} for a batch of {example_batch.shape[0]}"
+            )
+        # Distinct buffers for every leaf, so a caller may donate the state.
+        def zero():
+            return jnp.zeros((), jnp.int32)
+
+        g = PlayerState(g_params, g_state, self.g_optimizer.init(g_params), zero())
+        d = PlayerState(d_params, d_state, self.d_optimizer.init(d_params), zero())
+        ema = jax.tree.map(lambda x: jnp.array(x, copy=True), g_params) if self.ema_decay is not None else None
+        return GANState(g=g, d=d, step=zero(), rng=key, ema_params=ema)
+
+    def sample(self, state: GANState, key: Array, n: int, *, use_ema: bool = True) -> Array:
+        """``n`` generated samples ``[n, ...]`` in eval mode (EMA params when kept and asked)."""
+        params = state.ema_params if (use_ema and state.ema_params is not None) else state.g.params
+        z = self.latents(key, jnp.arange(n, dtype=jnp.uint32))
+        fake, _ = self._generate(params, state.g.model_state, z, key, False)
+        return fake
+
+    def data_shape(self, state: GANState) -> tuple[int, ...]:
+        """The shape of one example (what the generator makes), read without computing."""
+        z = jax.ShapeDtypeStruct((1, self.latent_dim), jnp.float32)
+        out = jax.eval_shape(
+            lambda p, s, zz: self._generate(p, s, zz, jax.random.key(0), False)[0],
+            state.g.params,
+            state.g.model_state,
+            z,
+        )
+        return tuple(out.shape[1:])
+
+    # ------------------------------------------------------------------ the D update
+
+    def _d_loss(self, d_params, d_model_state, real, fake, key, ids, t):
+        k_tgt, k_noise, k_net, k_pen = jax.random.split(key, 4)
+        y = jnp.ones((real.shape[0],), jnp.float32)
+        for i, p in enumerate(self.penalties):
+            y = p.targets(y, jax.random.fold_in(k_tgt, i), ids)
+        real_in = self._perturb(real, jax.random.fold_in(k_noise, 0), ids, t)
+        fake_in = self._perturb(fake, jax.random.fold_in(k_noise, 1), ids, t)
+        k_real, k_fake, k_pen_net = jax.random.split(k_net, 3)
+        # Two passes, as in the reference DCGAN: batch norm sees a real batch and a fake batch.
+        real_logits, ms = self._discriminate(d_params, d_model_state, real_in, k_real, True)
+        fake_logits, ms = self._discriminate(d_params, ms, fake_in, k_fake, True)
+        loss = self.loss.discriminator_loss(real_logits, fake_logits, y)
+        base_loss = loss
+        terms = {}
+
+        def d_fn(x):
+            return self._discriminate(d_params, d_model_state, x, k_pen_net, True)[0]
+
+        inputs = PenaltyInputs(d_fn, real_in, fake_in, d_params, k_pen, ids)
+        for i, p in enumerate(self.penalties):
+            value = p.loss(dataclasses.replace(inputs, key=jax.random.fold_in(k_pen, i)))
+            if value is not None:
+                terms[p.name] = value
+                loss = loss + value
+        aux = {
+            "model_state": ms,
+            "real_logits": real_logits,
+            "fake_logits": fake_logits,
+            "d_loss_base": base_loss,
+            "terms": terms,
+            "real_label_mean": jnp.mean(y),
+        }
+        return loss, aux
+
+    def d_update(
+        self,
+        d: PlayerState,
+        g_params: PyTree,
+        g_model_state: PyTree,
+        real: Array,
+        key: Array,
+        *,
+        with_metrics: bool = True,
+    ) -> tuple[PlayerState, Metrics]:
+        """One discriminator update against fakes from ``g_params`` (held constant: G's new
+        batch statistics are discarded). This is the one D update: :meth:`d_step` calls it, and
+        the unrolled lookahead scans it with ``g_params`` being differentiated.
+
+        ``real: [B, ...]`` is this device's batch; ``key`` the update's key.
+        """
+        n = real.shape[0]
+        ids = self.example_ids(n)
+        k_z, k_g, k_loss = jax.random.split(key, 3)
+        fake, _ = self._generate(g_params, g_model_state, self.latents(k_z, ids), k_g, True)
+        grad_fn = jax.value_and_grad(self._d_loss, has_aux=True)
+        (loss, aux), grads = grad_fn(d.params, d.model_state, real, fake, k_loss, ids, d.count)
+        grads = self._pmean(grads)
+        model_state = aux["model_state"]
+        if self.sync_model_state:
+            model_state = self._pmean(model_state)
+        updates, opt_state = self.d_optimizer.update(grads, d.opt_state, d.params)
+        params = optax.apply_updates(d.params, updates)
+        for p in self.penalties:
+            params = p.project(params)
+        new = PlayerState(params, model_state, opt_state, d.count + 1)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if self.skip_nonfinite:
+            finite = finite & jnp.isfinite(optax.global_norm(params))
+        new = self._finite_update(d, new, finite)
+        if not with_metrics:
+            return new, {}
+        metrics = {
+            "d_loss": loss,
+            "d_loss_adversarial": aux["d_loss_base"],
+            "d_grad_norm": grad_norm,
+            "d_nonfinite": 1.0 - finite.astype(jnp.float32),
+            "real_label_mean": aux["real_label_mean"],
+            "diversity": scores_lib.diversity(real, fake),
+            **scores_lib.game_scores(self.loss, aux["real_logits"], aux["fake_logits"]),
+            **aux["terms"],
+        }
+        for p in self.penalties:
+            metrics.update(p.report(d.count))
+        return new, self._pmean(metrics)
+
+    # ------------------------------------------------------------------ the G update
+
+    def g_update(
+        self, g: PlayerState, d: PlayerState, reals: Array, key: Array
+    ) -> tuple[PlayerState, Metrics]:
+        """One generator update against D (held constant), looking ``unroll_steps`` D updates
+        ahead. ``reals: [n, B, ...]`` feeds the lookahead (update j uses ``reals[j % n]``)."""
+        n_batches, n = reals.shape[0], reals.shape[1]
+        ids = self.example_ids(n)
+        k_z, k_g, k_d, k_noise, k_unroll = jax.random.split(key, 5)
+        z = self.latents(k_z, ids)
+
+        def loss_fn(g_params):
+            def advance(d_carry, j):
+                real = jax.lax.dynamic_index_in_dim(reals, j % n_batches, keepdims=False)
+                new, _ = self.d_update(
+                    d_carry, g_params, g.model_state, real, jax.random.fold_in(k_unroll, j),
+                    with_metrics=False,
+                )
+                return new
+
+            d_ahead = unroll_lib.scan_updates(
+                advance, d, self.unroll_steps,
+                first_order=self.unroll_first_order, remat=self.unroll_remat,
+            )
+            fake, g_state = self._generate(g_params, g.model_state, z, k_g, True)
+            fake_in = self._perturb(fake, k_noise, ids, d_ahead.count)
+            # D's batch statistics from this pass are discarded: D is held constant.
+            logits, _ = self._discriminate(d_ahead.params, d_ahead.model_state, fake_in, k_d, True)
+            return self.loss.generator_loss(logits), g_state
+
+        (loss, g_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
+        grads = self._pmean(grads)
+        if self.sync_model_state:
+            g_state = self._pmean(g_state)
+        updates, opt_state = self.g_optimizer.update(grads, g.opt_state, g.params)
+        params = optax.apply_updates(g.params, updates)
+        new = PlayerState(params, g_state, opt_state, g.count + 1)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if self.skip_nonfinite:
+            finite = finite & jnp.isfinite(optax.global_norm(params))
+        new = self._finite_update(g, new, finite)
+        metrics = {
+            "g_loss": loss,
+            "g_grad_norm": grad_norm,
+            "g_nonfinite": 1.0 - finite.astype(jnp.float32),
+        }
+        return new, self._pmean(metrics)
+
+    # ------------------------------------------------------------------ public steps
+
+    def _update_key(self, state: GANState, tag: int, count: Array) -> Array:
+        return jax.random.fold_in(jax.random.fold_in(state.rng, tag), count)
+
+    def d_step(self, state: GANState, batch: Array) -> tuple[GANState, Metrics]:
+        """One discriminator update on ``batch: [B, ...]``; G is held constant."""
+        key = self._update_key(state, _D, state.d.count)
+        d, metrics = self.d_update(state.d, state.g.params, state.g.model_state, batch, key)
+        return state.replace(d=d), metrics
+
+    def g_step(self, state: GANState, batch: Array) -> tuple[GANState, Metrics]:
+        """One generator update; D is held constant. ``batch: [B, ...]`` (or ``[n, B, ...]``,
+        one real batch per lookahead update) sets the batch size and feeds the unrolled
+        lookahead; without unrolling its values are not used."""
+        reals = self._as_batches(state, batch)
+        key = self._update_key(state, _G, state.g.count)
+        g, metrics = self.g_update(state.g, state.d, reals, key)
+        state = state.replace(g=g)
+        if self.ema_decay is not None:
+            ema = optax.incremental_update(g.params, state.ema_params, 1.0 - self.ema_decay)
+            state = state.replace(ema_params=ema)
+        return state, metrics
+
+    def _as_batches(self, state: GANState, batch: Array) -> Array:
+        """``[B, ...]`` -> ``[1, B, ...]``; ``[n, B, ...]`` unchanged (decided by G's output rank)."""
+        rank = len(self.data_shape(state)) + 1
+        if batch.ndim == rank:
+            return batch[None]
+        if batch.ndim == rank + 1:
+            return batch
+        raise ValueError(
+            f"batch of shape {batch.shape} does not fit examples of shape {self.data_shape(state)}: "
+            "pass [B, ...] or [n, B, ...] (one batch per discriminator update)"
+        )
+
+    def train_step(self, state: GANState, batch: Array) -> tuple[GANState, Metrics]:
+        """One alternating round: ``d_steps`` D updates, then ``g_steps`` G updates.
+
+        ``batch`` is ``[B, ...]`` (every D update sees it) or ``[d_steps, B, ...]`` (a fresh
+        real batch per D update, as in Goodfellow et al.'s Algorithm 1). Metrics are each
+        player's averages over its updates in the round, plus ``step``.
+        """
+        reals = self._as_batches(state, batch)
+        n_batches = reals.shape[0]
+        if n_batches not in (1, self.schedule.d_steps):
+            raise ValueError(
+                f"got {n_batches} batches for a round with d_steps={self.schedule.d_steps}: "
+                "pass one batch or one per discriminator update"
+            )
+
+        def d_body(s, j):
+            real = jax.lax.dynamic_index_in_dim(reals, j % n_batches, keepdims=False)
+            return self.d_step(s, real)
+
+        def g_body(s, _):
+            return self.g_step(s, reals)
+
+        state, d_metrics = jax.lax.scan(d_body, state, jnp.arange(self.schedule.d_steps))
+        state, g_metrics = jax.lax.scan(g_body, state, None, length=self.schedule.g_steps)
+        metrics = {k: jnp.mean(v, axis=0) for k, v in {**d_metrics, **g_metrics}.items()}
+        state = state.replace(step=state.step + 1)
+        return state, metrics

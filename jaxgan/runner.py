@@ -1,0 +1,35 @@
+"""The compiled unit of training: a chunk of rounds with the real data drawn inside.
+
+For samplers that run on device (toy mixtures, in-memory arrays) the real batch of round ``t``
+is drawn from ``fold_in(fold_in(state.rng, DATA), t)`` inside the compiled chunk, so a chunk of
+``n`` rounds is one device call with no host traffic. The real example with global index ``i``
+of D update ``j`` is a function of (seed, t, j, i): the same on any number of devices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxgan.gan import GAN, GANState
+
+Array = jax.Array
+_DATA = 100  # fold_in tag of the data stream, apart from the GAN's own streams
+
+
+def round_batches(gan: GAN, source, state: GANState, local_batch: int) -> Array:
+    """This device's real data for the round ``state.step``: ``[d_steps, local_batch, ...]``."""
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, _DATA), state.step)
+    ids = gan.example_ids(local_batch)
+    draws = jnp.arange(gan.schedule.d_steps, dtype=jnp.uint32)
+    return jax.vmap(lambda j: source.sample_ids(jax.random.fold_in(key, j), ids))(draws)
+
+
+def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int):
+    """``rounds`` training rounds with on-device data: ``(state, metrics [rounds])``. Pure;
+    the caller jits it with ``rounds`` (and ``local_batch``) static."""
+
+    def body(s, _):
+        return gan.train_step(s, round_batches(gan, source, s, local_batch))
+
+    return jax.lax.scan(body, state, None, length=rounds)

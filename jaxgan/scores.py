@@ -1,0 +1,61 @@
+"""The 0-to-1 scores and in-step statistics that say how each player is doing.
+
+Definitions (MISSION.md, section 6), with ``p`` the discriminator's output read as P(real)
+(:func:`jaxgan.losses.to_probability`):
+
+* generator score = mean(p on generated samples): near 0 when D rejects every fake;
+* discriminator score = 1/2 mean(p on real) + 1/2 mean(1 - p on generated);
+* D accuracy on real = fraction of real samples with p > 1/2; on fake, fraction with p < 1/2.
+
+At the game's equilibrium (p_g = p_data, D = 1/2 everywhere) both scores are 1/2 and the
+accuracies are a coin flip.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxgan import losses as losses_lib
+
+Array = jax.Array
+
+
+def game_scores(loss: losses_lib.Loss, real_logits: Array, fake_logits: Array) -> dict[str, Array]:
+    """Scores and accuracies from D's outputs on equal numbers of real and generated samples.
+
+    ``real_logits, fake_logits: [B]``. For Wasserstein critics the probabilities are read
+    relative to the midpoint of the two mean critic values (see :mod:`jaxgan.losses`), and the
+    raw ``wasserstein_estimate`` = mean critic(real) - mean critic(fake) is reported too.
+    """
+    p_real, p_fake = losses_lib.to_probability(loss, real_logits, fake_logits)
+    out = {
+        "generator_score": jnp.mean(p_fake),
+        "discriminator_score": 0.5 * jnp.mean(p_real) + 0.5 * jnp.mean(1.0 - p_fake),
+        "d_accuracy_real": jnp.mean((p_real > 0.5).astype(jnp.float32)),
+        "d_accuracy_fake": jnp.mean((p_fake < 0.5).astype(jnp.float32)),
+    }
+    if loss.readout == "centered":
+        out["wasserstein_estimate"] = jnp.mean(real_logits) - jnp.mean(fake_logits)
+    return out
+
+
+def mean_pairwise_distance(x: Array) -> Array:
+    """Mean Euclidean distance over distinct pairs of rows of ``x: [B, ...]`` (B >= 2)."""
+    flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    sq = jnp.sum(flat * flat, axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T
+    n = flat.shape[0]
+    off_diagonal = 1.0 - jnp.eye(n, dtype=flat.dtype)
+    # sqrt of a clipped value, with a zero-safe gradient (the diagonal is masked out anyway).
+    dist = jnp.sqrt(jnp.maximum(d2, 0.0) * off_diagonal + (1.0 - off_diagonal))
+    return jnp.sum(dist * off_diagonal) / (n * (n - 1))
+
+
+def diversity(real: Array, fake: Array) -> Array:
+    """Batch diversity: mean pairwise distance among fakes over the same among reals.
+
+    About 1 when the generator spreads like the data; well below 1 under mode collapse
+    (many near-identical outputs from different latents). ``real, fake: [B, ...]``.
+    """
+    return mean_pairwise_distance(fake) / jnp.maximum(mean_pairwise_distance(real), 1e-12)

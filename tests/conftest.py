@@ -1,0 +1,15 @@
+"""Strict test session: accidental rank promotion raises, warnings are errors (pyproject).
+
+Multi-device tests start subprocesses with XLA_FLAGS set before JAX starts
+(see tests/helpers.py); this session itself sees one CPU device.
+"""
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
