@@ -296,10 +296,10 @@ class GAN:
         for p in self.penalties:
             params = p.project(params)
         new = PlayerState(params, model_state, opt_state, d.count + 1)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if self.skip_nonfinite:
-            finite = finite & jnp.isfinite(optax.global_norm(params))
+            finite = finite & jnp.isfinite(optax.tree.norm(params))
         new = self._finite_update(d, new, finite)
         if not with_metrics:
             return new, {}
@@ -355,10 +355,10 @@ class GAN:
         updates, opt_state = self.g_optimizer.update(grads, g.opt_state, g.params)
         params = optax.apply_updates(g.params, updates)
         new = PlayerState(params, g_state, opt_state, g.count + 1)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if self.skip_nonfinite:
-            finite = finite & jnp.isfinite(optax.global_norm(params))
+            finite = finite & jnp.isfinite(optax.tree.norm(params))
         new = self._finite_update(g, new, finite)
         metrics = {
             "g_loss": loss,

@@ -118,7 +118,9 @@ def from_nnx(model_or_factory: Any, *, latent_dim: int | None = None) -> Network
 
     def apply(params, model_state, x, *, key, train):
         graph = graph_train if train else graph_eval
-        m = nnx.merge(graph, params, _fresh_keys(key), model_state)
+        # copy=True: the module's variables must not alias the caller's state, which nnx would
+        # otherwise update in place (batch statistics, RNG counters) outside of jit.
+        m = nnx.merge(graph, params, _fresh_keys(key), model_state, copy=True)
         y = m(x)
         _, _, _, rest = nnx.split(m, nnx.Param, nnx.RngKey, ...)
         return y, rest
