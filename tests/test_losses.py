@@ -62,8 +62,8 @@ def test_minimax_saturates_where_non_saturating_does_not():
     import jax
 
     l0 = jnp.asarray([-10.0])
-    g_mm = jax.grad(lambda l: jg.losses.MINIMAX.generator_loss(l))(l0)
-    g_ns = jax.grad(lambda l: jg.losses.NON_SATURATING.generator_loss(l))(l0)
+    g_mm = jax.grad(lambda logit: jg.losses.MINIMAX.generator_loss(logit))(l0)
+    g_ns = jax.grad(lambda logit: jg.losses.NON_SATURATING.generator_loss(logit))(l0)
     assert abs(float(g_mm[0])) < 1e-4
     assert abs(float(g_ns[0])) > 0.99
 

@@ -71,7 +71,10 @@ def test_r1_looks_at_real_data_and_r2_at_generated_data():
 
 
 def test_weight_penalty_sums_squared_kernels_only():
-    params = {"dense": {"kernel": jnp.asarray(REAL[:4]), "bias": jnp.ones(3) * 100.0}, "out": {"kernel": jnp.ones((3, 1))}}
+    params = {
+        "dense": {"kernel": jnp.asarray(REAL[:4]), "bias": jnp.ones(3) * 100.0},
+        "out": {"kernel": jnp.ones((3, 1))},
+    }
     got = jg.penalties.WeightPenalty(weight=0.1).loss(_inputs(None, params=params))
     ref = 0.1 * (np.sum(REAL[:4].astype(np.float64) ** 2) + 3.0)
     np.testing.assert_allclose(got, ref, rtol=1e-5)
@@ -130,8 +133,8 @@ def test_one_sided_label_smoothing_caps_the_optimal_discriminator():
     opt = optax.adam(0.1)
     st = opt.init(logit)
 
-    def loss(l):
-        return jg.losses.NON_SATURATING.discriminator_loss(l[None], jnp.asarray([-20.0]), jnp.asarray([0.9]))
+    def loss(logit):
+        return jg.losses.NON_SATURATING.discriminator_loss(logit[None], jnp.asarray([-20.0]), jnp.asarray([0.9]))
 
     for _ in range(500):
         g = jax.grad(loss)(logit)
