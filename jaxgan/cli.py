@@ -1,4 +1,4 @@
-"""``jaxgan``: train | sample | bench.
+"""``jaxgan``: train | sample | bench | diagnose.
 
 Errors a user can fix (bad config, bad data, bad run directory) print one line starting with
 ``jaxgan: error:`` and exit with status 2, before anything is compiled.
@@ -138,6 +138,30 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from jaxgan import report
+
+    overrides = configs.parse_overrides(args.set)
+    bad = sorted(set(overrides) - configs.DIAG_KEYS)
+    if bad:
+        raise configs.ConfigError(
+            f"diagnose --set changes only the diagnosis keys ({', '.join(sorted(configs.DIAG_KEYS))}); "
+            f"{', '.join(bad)} would describe a different run"
+        )
+    if overrides:
+        configs.apply_overrides(rundir.load_config(args.run), overrides)  # validate the values
+    summary = report.summarize(args.run, replay=args.replay or bool(overrides), overrides=overrides)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(report.format_text(summary))
+    if not args.no_report:
+        md, page = report.write_report(args.run, summary)
+        if not args.json:
+            print(f"report: {md} and {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgan", description="Train and measure GANs in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="FILE.npy (array) or FILE.png (picture)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("diagnose", help="what a (finished or running) run is doing, and what to try next")
+    p.add_argument("--run", required=True, help="a run directory (the --out of jaxgan train)")
+    p.add_argument("--replay", action="store_true",
+                   help="run the detectors again over metrics.jsonl instead of reading events.jsonl")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="replay with other diagnosis settings, e.g. --set diag_window=2000 diag_g_low=0.2")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-report", action="store_true", help="do not write <run>/report/report.{md,html}")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("bench", help="compile time and steps/s of a preset's training step")
     _add_config_args(p, default_preset="ring8")

@@ -61,6 +61,31 @@ class Config:
     plot_every: int = 1000  # rounds between plots and sample pictures
     ckpt_every: int = 1000  # rounds between checkpoints
     keep_checkpoints: int = 3  # how many recent checkpoints to keep
+    tensorboard: bool = True  # write TensorBoard event files (scalars, samples) to <run>/tensorboard
+    # Diagnosis (jaxgan.diagnose): what to do about failure modes, and each detector's threshold.
+    # Windows count rounds; a detector judges the window (t - window, t] once t >= warmup + window.
+    diag: str = "warn"  # warn | stop | off; stop: end a run whose failure lasts diag_stop_after rounds
+    diag_stop_after: int = 2000  # rounds a failure may last, unrecovered, before diag=stop ends the run
+    diag_stop_on_converged: bool = False  # stop when D's accuracy has fallen to a coin flip (converged)
+    diag_best_metric: str = "auto"  # keep the best checkpoint in <run>/best by these logged metrics,
+    # compared in order (e.g. modes_captured,high_quality_frac); auto: that on toy data, else off; off
+    diag_best_mode: str = "max"  # max | min: whether a larger diag_best_metric is better
+    diag_samples: int = 2500  # generated samples for mode coverage at plot/checkpoint steps (toy data)
+    diag_warmup: int = 500  # rounds before any detector but nan may fire (a fresh G is a blob)
+    diag_window: int = 1000  # rounds a condition must hold (dominance, collapse, vanishing, converged)
+    diag_long_window: int = 3000  # rounds over which non_convergence looks for oscillation
+    diag_g_low: float = 0.1  # discriminator_dominates: generator score at most this ...
+    diag_d_high: float = 0.85  # ... and discriminator score at least this (also "D confident")
+    diag_g_high: float = 0.75  # generator_dominates: generator score at least this
+    diag_half_band: float = 0.05  # converged: both scores within 0.5 +- this ...
+    diag_acc_band: float = 0.1  # ... D's accuracy within 0.5 +- this ...
+    diag_edge: float = 0.6  # ... after D's score had reached this (D had an edge, then lost it)
+    diag_diversity_min: float = 0.5  # mode_collapse: diversity (fake/real spread) at most this, or
+    diag_modes_min: float = 0.5  # (toy) effective modes at most this fraction of the data's modes
+    diag_quality_min: float = 0.05  # (toy) judged only when this fraction of samples sits on a mode
+    diag_vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
+    diag_osc_std: float = 0.1  # non_convergence: a score's std over the long window at least this,
+    diag_osc_crossings: int = 4  # crossing its mean at least this often, and not damping out
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -90,6 +115,9 @@ PENALTY_KEYS = (
 
 # Which config keys may differ between a run's saved config and a resumed one.
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "devices"})
+# Monitoring settings do not change the trajectory either.
+DIAG_KEYS = frozenset({"tensorboard", *(f for f in Config.__dataclass_fields__ if f.startswith("diag"))})
+RESUMABLE_CHANGES = RESUMABLE_CHANGES | DIAG_KEYS
 
 
 # ---------------------------------------------------------------------------- presets
@@ -223,6 +251,25 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 
 # ---------------------------------------------------------------------------- validation
 
+
+def _validate_diag(c: Config, need: Callable[[bool, str, str], None]) -> None:
+    need(c.diag in ("warn", "stop", "off"), "diag", "choose warn (report failure modes), stop (also stop "
+         "a run whose failure does not recover) or off")
+    need(c.diag_best_mode in ("max", "min"), "diag_best_mode", "choose max or min")
+    names = [n.strip() for n in c.diag_best_metric.split(",")]
+    need(all(names), "diag_best_metric", "give metric names separated by commas (e.g. "
+         "modes_captured,high_quality_frac), auto or off")
+    for key in ("diag_stop_after", "diag_window", "diag_long_window", "diag_samples"):
+        need(getattr(c, key) >= 1, key, "must be >= 1")
+    need(c.diag_warmup >= 0, "diag_warmup", "must be >= 0")
+    need(c.diag_osc_crossings >= 1, "diag_osc_crossings", "must be >= 1")
+    for key in ("diag_g_low", "diag_d_high", "diag_g_high", "diag_edge", "diag_quality_min", "diag_modes_min"):
+        need(0.0 <= getattr(c, key) <= 1.0, key, "is a fraction or a 0-to-1 score: choose a value in [0, 1]")
+    for key in ("diag_half_band", "diag_acc_band"):
+        need(0.0 <= getattr(c, key) <= 0.5, key, "is a distance from 0.5: choose a value in [0, 0.5]")
+    for key in ("diag_diversity_min", "diag_vanish_ratio", "diag_osc_std"):
+        need(getattr(c, key) >= 0.0, key, "must be >= 0")
+
 LOSS_NAMES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_squares")
 DATASETS = ("ring8", "grid25", "gaussian1d", "gaussian2d")
 
@@ -262,6 +309,7 @@ def validate(c: Config) -> Config:
     need(c.devices >= 0, "devices", "must be >= 0 (0: all local devices)")
     for key in ("log_every", "plot_every", "ckpt_every", "keep_checkpoints"):
         need(getattr(c, key) >= 1, key, "must be >= 1")
+    _validate_diag(c, need)
     need(all(w >= 1 for w in c.g_hidden) and len(c.g_hidden) >= 1, "g_hidden", "widths >= 1, e.g. 128,128")
     need(all(w >= 1 for w in c.d_hidden) and len(c.d_hidden) >= 1, "d_hidden", "widths >= 1, e.g. 128,128")
     return c

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxgan import build, rundir, viz
+from jaxgan import build, diagnose, rundir, viz
 from jaxgan.checkpoint import Checkpointer
 from jaxgan.configs import Config
 from jaxgan.gan import GAN, GANState
@@ -34,9 +34,10 @@ NAN_CAUSES = (
 class Observer:
     """A host-side watcher of a run (diagnosis, periodic evaluation). Every hook is optional.
 
-    ``on_metrics`` sees each logged row and returns events (dicts with ``step``, ``kind``,
-    ``evidence``, ``remedies``) that the loop writes to ``events.jsonl`` and prints;
-    ``on_checkpoint`` runs at each checkpoint/plot boundary with the current state;
+    ``on_metrics`` sees each logged row (every row written to ``metrics.jsonl``, including the
+    extra scalars of ``on_checkpoint``) and returns events (dicts with ``step``, ``kind``,
+    ``evidence``, ``remedies``, optionally ``message``) that the loop writes to ``events.jsonl``
+    and prints; ``on_checkpoint`` runs at each checkpoint/plot boundary with the current state;
     ``should_stop`` asks the loop to save and stop; ``postfix`` adds to the progress bar.
     """
 
@@ -139,11 +140,34 @@ def _first_nonfinite(metrics: dict[str, np.ndarray], first_step: int) -> tuple[i
     return min(flags) if flags else None
 
 
+def _chunk_mean(values: np.ndarray) -> float:
+    """Mean of a chunk's per-round values over the finite ones (NaN when none is finite)."""
+    values = np.asarray(values, np.float64)
+    finite = np.isfinite(values)
+    return float(values[finite].mean()) if finite.any() else float("nan")
+
+
+def default_observers(config: Config) -> tuple[Observer, ...]:
+    """The observers every run gets: failure-mode diagnosis (unless ``diag=off``) and a
+    TensorBoard writer (unless ``tensorboard=false``)."""
+    out: list[Observer] = []
+    if config.diag != "off":
+        out.append(diagnose.DiagnosisObserver.from_config(config))
+    if config.tensorboard:
+        from jaxgan import tensorboard
+
+        out.append(tensorboard.TensorBoardObserver())
+    return tuple(out)
+
+
 def _plot(run: Run, out: str, state: GANState, step: int, sample_fn, frames: list) -> None:
-    rows = rundir.read_jsonl(os.path.join(out, rundir.METRICS))
+    rows = diagnose.clean_rows(rundir.read_jsonl(os.path.join(out, rundir.METRICS)))
     events = rundir.read_jsonl(os.path.join(out, rundir.EVENTS))
     viz.score_plot(rows, os.path.join(out, "scores.png"), events)
-    viz.loss_plot(rows, os.path.join(out, "losses.png"))
+    viz.loss_plot(rows, os.path.join(out, "losses.png"), events)
+    centers = getattr(run.source, "centers", None)
+    viz.health_plot(rows, os.path.join(out, "health.png"), events, diversity_min=run.config.diag_diversity_min,
+                    num_modes=len(centers) if centers is not None and len(centers) > 1 else None)
     samples = np.asarray(sample_fn(state, jax.random.key(step)))
     shape = run.example_shape
     if shape == (2,):
@@ -166,8 +190,9 @@ def _emit(out: str, events: list[dict[str, Any]], echo: Callable[[str], None]) -
         return
     rundir.append_jsonl(_events_path(out), events)
     for ev in events:
+        what = f"{ev['kind']}: {ev['message']}" if ev.get("message") else ev["kind"]
         tip = f" Try: {ev['remedies'][0]}" if ev.get("remedies") else ""
-        echo(f"jaxgan: step {ev['step']}: {ev['kind']}.{tip}")
+        echo(f"jaxgan: step {ev['step']}: {what}{tip}")
 
 
 def train(
@@ -176,10 +201,15 @@ def train(
     *,
     progress: bool = True,
     echo: Callable[[str], None] = print,
-    observers: tuple[Observer, ...] = (),
+    observers: tuple[Observer, ...] | None = None,
 ) -> RunResult:
-    """Train ``config`` into run directory ``out`` (resuming it if it holds this run)."""
+    """Train ``config`` into run directory ``out`` (resuming it if it holds this run).
+
+    ``observers=None`` uses :func:`default_observers` (diagnosis and TensorBoard, as the config
+    says); pass ``()`` for none."""
     resuming = rundir.prepare(out, config)
+    if observers is None:
+        observers = default_observers(config)
     run = Run.from_config(config)
     gan, total = run.gan, config.steps
     state = run.init_state()
@@ -220,6 +250,7 @@ def train(
     skipped = 0
     t0 = time.perf_counter()
     bar = _progress(total, start, progress)
+    say = bar.write if (progress and echo is print) else echo  # event lines above the bar, not through it
     interrupted = False
     stop_reason: str | None = None
 
@@ -235,8 +266,7 @@ def train(
             rundir.append_jsonl(metrics_path, [{"step": bad_step, **row}])
             rundir.append_jsonl(_events_path(out), [{
                 "step": bad_step, "kind": "nan", "evidence": {"player": who},
-                "remedies": ["lower the learning rates", "add gp or weight_clip to a wasserstein critic",
-                             "check the data for NaN/Inf", "set nan_policy=skip to skip such updates"],
+                "remedies": list(diagnose.REMEDIES["nan"]),
             }])
             raise NonFiniteError(
                 f"step {bad_step}: the {who} update produced NaN/Inf (likely {NAN_CAUSES}); "
@@ -244,11 +274,13 @@ def train(
             )
         if bad is not None:
             skipped += int(sum(np.count_nonzero(metrics[f"{p}_nonfinite"]) for p in ("d", "g")))
-        last = {k: float(v[-1]) for k, v in metrics.items()}
+        # The row is the chunk's mean over its rounds (finite values only; the *_nonfinite flags
+        # say what fraction was skipped): one round's batch is too noisy to read the game from.
+        last = {k: _chunk_mean(v) for k, v in metrics.items()}
         row_step = first_step + n
         rundir.append_jsonl(metrics_path, [{"step": row_step, **last}])
         for obs in observers:
-            _emit(out, obs.on_metrics(row_step, last), echo)
+            _emit(out, obs.on_metrics(row_step, last), say)
         post = {"G": f"{last['generator_score']:.2f}", "D": f"{last['discriminator_score']:.2f}"}
         if skipped:
             post["skipped"] = skipped
@@ -263,6 +295,8 @@ def train(
             extra.update(obs.on_checkpoint(step, state))
         if extra:
             rundir.append_jsonl(metrics_path, [{"step": step, **extra}])
+            for obs in observers:  # every logged row reaches the observers, these too
+                _emit(out, obs.on_metrics(step, extra), say)
         if ckpt_due:
             ckpt.save(step, state, {"step": step, "config": dataclasses.asdict(config)})
         if plot_due:
@@ -272,7 +306,9 @@ def train(
         pending = None
         try:
             while step < total:
-                n = min(config.log_every - step % config.log_every, total - step)
+                # A chunk ends at the next log, plot or checkpoint boundary, so none is skipped.
+                n = min(config.log_every - step % config.log_every, config.plot_every - step % config.plot_every,
+                        config.ckpt_every - step % config.ckpt_every, total - step)
                 state, metrics_dev = chunk_fn(n)(state)
                 first, step = step, step + n
                 if pending is not None:

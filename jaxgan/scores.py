@@ -41,8 +41,13 @@ def game_scores(loss: losses_lib.Loss, real_logits: Array, fake_logits: Array) -
 
 
 def mean_pairwise_distance(x: Array) -> Array:
-    """Mean Euclidean distance over distinct pairs of rows of ``x: [B, ...]`` (B >= 2)."""
+    """Mean Euclidean distance over distinct pairs of rows of ``x: [B, ...]`` (B >= 2).
+
+    Rows are centred first (distances do not change): the Gram-matrix form |a|^2 + |b|^2 - 2ab
+    cancels catastrophically in float32 when near-identical rows sit far from the origin, which
+    is exactly a collapsed generator's output."""
     flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    flat = flat - jnp.mean(flat, axis=0, keepdims=True)
     sq = jnp.sum(flat * flat, axis=1)
     d2 = sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T
     n = flat.shape[0]

@@ -32,9 +32,58 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.nd
     return np.asarray(steps, float), np.asarray(values, float)
 
 
+# One colour per diagnosis kind, so a reader can match the bands on every plot.
+EVENT_COLORS = {
+    "discriminator_dominates": "tab:red",
+    "generator_dominates": "tab:blue",
+    "mode_collapse": "tab:purple",
+    "vanishing_gradients": "tab:brown",
+    "non_convergence": "tab:olive",
+    "converged": "tab:green",
+    "nan": "black",
+}
+
+
+def event_spans(events: Sequence[dict[str, Any]], end: float) -> list[tuple[str, float, float]]:
+    """``(kind, onset, end)`` of each failure in ``events``: until its ``recovered`` event, or
+    ``end`` (the last step) when it has not recovered."""
+    open_at: dict[str, float] = {}
+    spans = []
+    for ev in events:
+        kind = ev.get("kind")
+        if kind == "recovered":
+            failure = ev.get("evidence", {}).get("failure")
+            if failure in open_at:
+                spans.append((failure, open_at.pop(failure), float(ev["step"])))
+        elif kind in EVENT_COLORS and kind not in open_at:
+            open_at[kind] = float(ev["step"])
+    spans.extend((kind, start, max(end, start)) for kind, start in open_at.items())
+    return sorted(spans, key=lambda s: s[1])
+
+
+def mark_events(ax, events: Sequence[dict[str, Any]], end: float, *, label: bool = True) -> None:
+    """Shade each failure from onset to recovery, in its kind's colour; a black line where the
+    policy stopped the run."""
+    seen = set()
+    for kind, start, stop in event_spans(events, end):
+        color = EVENT_COLORS[kind]
+        ax.axvspan(start, stop, color=color, alpha=0.12, lw=0)
+        ax.axvline(start, color=color, lw=1.0, alpha=0.8,
+                   label=kind.replace("_", " ") if label and kind not in seen else None)
+        seen.add(kind)
+    for ev in events:
+        if ev.get("kind") == "stopped":
+            ax.axvline(ev["step"], color="black", lw=1.5, ls="-.", label="stopped" if label else None)
+
+
+def _last_step(rows: Sequence[dict[str, Any]]) -> float:
+    return float(max((r["step"] for r in rows), default=0))
+
+
 def score_plot(rows: Sequence[dict[str, Any]], path: str, events: Sequence[dict[str, Any]] = ()) -> None:
-    """Generator and discriminator scores over steps, the 0.5 line, and diagnosis events."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    """Generator and discriminator scores over steps, D's accuracies, the 0.5 line (the game's
+    equilibrium), and each diagnosed failure shaded from onset to recovery."""
+    fig, ax = plt.subplots(figsize=(9, 4))
     for key, label, color in (
         ("generator_score", "generator score", "tab:blue"),
         ("discriminator_score", "discriminator score", "tab:orange"),
@@ -43,30 +92,80 @@ def score_plot(rows: Sequence[dict[str, Any]], path: str, events: Sequence[dict[
     ):
         steps, values = _series(rows, key)
         style = "-" if "score" in key else ":"
-        ax.plot(steps, values, style, label=label, color=color, lw=1.5 if "score" in key else 1.0)
+        ax.plot(steps, values, style, label=label, color=color, lw=1.8 if "score" in key else 1.0)
     ax.axhline(0.5, color="gray", lw=0.8, ls="--", label="0.5 (equilibrium)")
-    kinds_seen = set()
-    for ev in events:
-        kind = ev.get("kind", "event")
-        ax.axvline(ev["step"], color="tab:purple", lw=0.8, alpha=0.6)
-        if kind not in kinds_seen:
-            ax.text(ev["step"], 1.02, kind, rotation=90, fontsize=7, va="bottom", color="tab:purple")
-            kinds_seen.add(kind)
+    mark_events(ax, events, _last_step(rows))
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("step")
     ax.set_ylabel("score (0 to 1)")
-    ax.set_title("How each player is doing")
+    ax.set_title("How each player is doing (shaded: diagnosed failures)")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
-def loss_plot(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """D and G losses over steps (GAN losses oscillate; they are not a progress bar)."""
+def health_plot(
+    rows: Sequence[dict[str, Any]],
+    path: str,
+    events: Sequence[dict[str, Any]] = (),
+    *,
+    diversity_min: float | None = None,
+    num_modes: int | None = None,
+) -> None:
+    """What the detectors read besides the scores: sample diversity (fake spread over real
+    spread, 1 when G spreads like the data), both players' gradient norms (log scale), and on
+    toy data the modes covered by samples drawn at plot/checkpoint steps."""
+    has_modes = any("modes_effective" in r for r in rows)
+    n = 3 if has_modes else 2
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), sharex=True)
+    end = _last_step(rows)
+    ax = axes[0]
+    steps, values = _series(rows, "diversity")
+    ax.plot(steps, values, color="tab:purple", label="diversity (fake / real)")
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--", label="the data's spread")
+    if diversity_min is not None:
+        ax.axhline(diversity_min, color="tab:purple", lw=0.8, ls=":", label="collapse threshold")
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("diversity")
+    ax = axes[1]
+    for key, color in (("g_grad_norm", "tab:blue"), ("d_grad_norm", "tab:orange")):
+        steps, values = _series(rows, key)
+        ok = values > 0
+        ax.plot(steps[ok], values[ok], color=color, label=key)
+    if any(r.get("g_grad_norm") for r in rows):
+        ax.set_yscale("log")
+    ax.set_ylabel("gradient norm")
+    if has_modes:
+        ax = axes[2]
+        for key, color, style in (("modes_effective", "tab:purple", "o-"), ("modes_captured", "tab:gray", "s--")):
+            steps, values = _series(rows, key)
+            ax.plot(steps, values, style, color=color, ms=3, label=key.replace("_", " "))
+        if num_modes:
+            ax.axhline(num_modes, color="gray", lw=0.8, ls="--", label=f"{num_modes} modes in the data")
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("modes")
+        twin = ax.twinx()
+        steps, values = _series(rows, "high_quality_frac")
+        twin.plot(steps, values, ":", color="tab:green", label="high-quality fraction")
+        twin.set_ylim(0, 1.05)
+        twin.set_ylabel("high quality", color="tab:green")
+    for ax in axes:
+        mark_events(ax, events, end, label=False)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.08, 0.5), fontsize=8)
+    axes[-1].set_xlabel("step")
+    axes[0].set_title("What the detectors read (shaded: diagnosed failures)")
+    _save(fig, path)
+
+
+def loss_plot(rows: Sequence[dict[str, Any]], path: str, events: Sequence[dict[str, Any]] = ()) -> None:
+    """D and G losses over steps (GAN losses oscillate; they are not a progress bar), with the
+    diagnosed failures shaded as on the score plot."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, color in (("d_loss", "tab:orange"), ("g_loss", "tab:blue")):
         steps, values = _series(rows, key)
         ax.plot(steps, values, label=key, color=color)
+    mark_events(ax, events, _last_step(rows))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
@@ -84,6 +183,18 @@ def scatter_2d(
     limit: float | None = None,
 ) -> None:
     """Generated 2-D samples over the real data's density (contours) and mode centres."""
+    _save(scatter_2d_figure(samples, log_density=log_density, centers=centers, title=title, limit=limit), path)
+
+
+def scatter_2d_figure(
+    samples: np.ndarray,
+    *,
+    log_density=None,
+    centers: np.ndarray | None = None,
+    title: str = "",
+    limit: float | None = None,
+):
+    """The figure of :func:`scatter_2d` (for writers that take a figure, e.g. TensorBoard)."""
     samples = np.asarray(samples)
     fig, ax = plt.subplots(figsize=(5, 5))
     if limit is None:
@@ -102,7 +213,7 @@ def scatter_2d(
     ax.set_aspect("equal")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=7)
-    _save(fig, path)
+    return fig
 
 
 def scatter_over_time(
@@ -131,8 +242,9 @@ def scatter_over_time(
     _save(fig, path)
 
 
-def image_grid(images: np.ndarray, path: str, *, columns: int | None = None, title: str = "") -> None:
-    """A grid of images ``[N, H, W, C]`` with values in [-1, 1] (C = 1 or 3)."""
+def grid_array(images: np.ndarray, *, columns: int | None = None) -> np.ndarray:
+    """Images ``[N, H, W, C]`` in [-1, 1] tiled into one ``[rows*(H+1)+1, cols*(W+1)+1, C]``
+    array in [0, 1], with 1-pixel white borders."""
     images = np.asarray(images, np.float32)
     n, h, w, c = images.shape
     cols = columns or int(np.ceil(np.sqrt(n)))
@@ -142,6 +254,15 @@ def image_grid(images: np.ndarray, path: str, *, columns: int | None = None, tit
     for i in range(n):
         r, q = divmod(i, cols)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = pix[i]
+    return canvas
+
+
+def image_grid(images: np.ndarray, path: str, *, columns: int | None = None, title: str = "") -> None:
+    """A grid of images ``[N, H, W, C]`` with values in [-1, 1] (C = 1 or 3)."""
+    canvas = grid_array(images, columns=columns)
+    n, h, w, c = np.shape(images)
+    cols = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
     fig, ax = plt.subplots(figsize=(max(2.0, cols * w / 28), max(2.0, rows * h / 28)))
     ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     ax.axis("off")

@@ -1,0 +1,833 @@
+"""Failure-mode diagnosis: read the game from the metric stream and say what to do about it.
+
+GAN losses do not fall like a classifier's, so jaxgan reads the scores for the researcher
+(MISSION.md, sections 4-6). Host-side and numpy-only: a :class:`Diagnosis` is fed the rows the
+loop logs (each row the mean of one compiled chunk of rounds, plus the scalars measured at
+plot/checkpoint steps) and returns **events**: ``{"step", "kind", "evidence", "remedies",
+"message"}``. An event is emitted when a failure starts (onset) and when it ends
+(``kind="recovered"``), never on every row.
+
+Windows are in rounds (training steps). A row logged at step ``t`` covers the rounds since the
+previous row, so the mean over a window ``(t - w, t]`` weights each row by its rounds: it is the
+exact mean over those rounds. A windowed detector judges ``(t - w, t]`` once the stream covers it
+entirely after ``warmup`` (i.e. from ``t = warmup + w`` on). Every threshold is a config key
+(``diag_*``, see :class:`Thresholds`). The detectors:
+
+``discriminator_dominates``
+    window means: generator score <= ``g_low`` (0.1) and discriminator score >= ``d_high``
+    (0.85). D rejects every fake; G learns little from it.
+``generator_dominates``
+    window mean generator score >= ``g_high`` (0.75). A discriminator with bounded hidden
+    units may not be able to say more than ~0.77 about anything (the reference tanh MLP with
+    ``d_lr=0`` settles there), so "near 1" is 0.75 by default.
+``mode_collapse``
+    window mean diversity (mean pairwise distance of fakes over that of reals, in-step) <=
+    ``diversity_min`` (0.5); or, on toy mixtures, the effective number of modes among the
+    high-quality samples drawn at plot/checkpoint steps <= ``modes_min`` (0.5) of the data's
+    modes, judged only when >= ``quality_min`` (5%) of the samples are high quality (else G has
+    not found the modes yet: that is not collapse).
+``vanishing_gradients``
+    window mean of G's gradient norm <= ``vanish_ratio`` (0.05) of its largest logged value
+    after warmup, while the discriminator score is >= ``d_high`` (D confident).
+``non_convergence``
+    over ``long_window`` (3000) rounds a score's standard deviation is >= ``osc_std`` (0.1), it
+    crosses its mean >= ``osc_crossings`` (4) times, and its second half swings at least half as
+    much as its first (not damping out).
+``converged``
+    window means: both scores within 0.5 +- ``half_band`` (0.05) and D's accuracy within
+    0.5 +- ``acc_band`` (0.1), after D's score had reached ``edge`` (0.6) at some row: D had an
+    edge and lost it ("its accuracy falls toward 50%"). A fresh D also sits at 0.5; that is not
+    convergence.
+``nan``
+    a row whose updates were not finite (``*_nonfinite`` > 0) or whose scores are not finite.
+
+Once a failure is active it stays active until its condition is clearly off (hysteresis of
+``HYSTERESIS`` on scores, 1.2x on diversity and modes, 2x on the gradient ratio, 0.75x on the
+oscillation), so a value wandering across a threshold does not spam events.
+
+Policies (:class:`Policy`): ``warn`` reports; ``stop`` also ends a run whose failure has not
+recovered for ``stop_after`` rounds ("If the scores do not recover for many iterations, stop
+training: the run will not come back", MISSION.md section 6); ``stop_on_converged`` ends it when
+D's feedback has become noise; :class:`BestKeeper` keeps the best checkpoint by a quality metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+Row = dict[str, Any]
+Event = dict[str, Any]
+
+FAILURES = (
+    "nan",
+    "discriminator_dominates",
+    "generator_dominates",
+    "mode_collapse",
+    "vanishing_gradients",
+    "non_convergence",
+)
+KINDS = (*FAILURES, "converged")
+HYSTERESIS = 0.05  # how far back across a score threshold a value must go to count as recovered
+SCORE_KEYS = ("generator_score", "discriminator_score")
+BEST_FILE = "best.json"
+BEST_DIR = "best"
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Each detector's thresholds and windows (config keys ``diag_<field>``; see module doc)."""
+
+    warmup: int = 500
+    window: int = 1000
+    long_window: int = 3000
+    g_low: float = 0.1
+    d_high: float = 0.85
+    g_high: float = 0.75
+    half_band: float = 0.05
+    acc_band: float = 0.1
+    edge: float = 0.6
+    diversity_min: float = 0.5
+    modes_min: float = 0.5
+    quality_min: float = 0.05
+    vanish_ratio: float = 0.05
+    osc_std: float = 0.1
+    osc_crossings: int = 4
+
+    @classmethod
+    def from_config(cls, config: Any) -> Thresholds:
+        return cls(**{f.name: getattr(config, f"diag_{f.name}") for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What to do about failures: ``mode`` warn | stop; ``stop_after`` rounds unrecovered;
+    ``stop_on_converged``: also stop at the onset of ``converged``."""
+
+    mode: str = "warn"
+    stop_after: int = 2000
+    stop_on_converged: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any) -> Policy:
+        return cls(config.diag, config.diag_stop_after, config.diag_stop_on_converged)
+
+
+# ----------------------------------------------------------------------------- remedies
+
+# MISSION.md, sections 5 and 6, each with the config keys that apply it here.
+
+
+@dataclasses.dataclass(frozen=True)
+class Advice:
+    """One remedy: what to try, the ``--set`` that does it for a config (derived from its current
+    values, or None when no config key does it), and whether the config already does it."""
+
+    text: str
+    hint: Callable[[Any], str | None] = lambda c: None
+    in_use: Callable[[Any], bool] = lambda c: False
+
+
+def _wider(widths: Sequence[int]) -> str:
+    return ",".join(str(2 * w) for w in widths)
+
+
+def _narrower(widths: Sequence[int]) -> str:
+    return ",".join(str(max(1, w // 2)) for w in widths)
+
+
+def _more(current: float, start: float, cap: float) -> str:
+    return f"{start:g}" if current <= 0 else f"{min(cap, 2 * current):g}"
+
+
+_LABEL_FLIP = Advice("one-sided label flipping: label a random fraction of the real examples as fake",
+                     lambda c: f"label_flip={_more(c.label_flip, 0.1, 0.3)}")
+_D_DROPOUT = Advice("dropout in the discriminator", lambda c: f"d_dropout={_more(c.d_dropout, 0.3, 0.6)}")
+_G_WIDER = Advice("more filters (units) in the generator", lambda c: f"g_hidden={_wider(c.g_hidden)}")
+_G_NARROWER = Advice("fewer filters (units) in the generator", lambda c: f"g_hidden={_narrower(c.g_hidden)}")
+_D_WIDER = Advice("more filters (units) in the discriminator", lambda c: f"d_hidden={_wider(c.d_hidden)}")
+_D_NARROWER = Advice("fewer filters (units) in the discriminator", lambda c: f"d_hidden={_narrower(c.d_hidden)}")
+_G_DROPOUT = Advice("dropout in the generator (the reference MLP generator has no dropout option: add a "
+                    "Dropout layer to your own generator)")
+_LATENT = Advice("a larger latent input", lambda c: f"latent_dim={2 * c.latent_dim}")
+_WASSERSTEIN = Advice("the Wasserstein loss with a gradient penalty", lambda c: "loss=wasserstein gp=10",
+                      lambda c: c.loss == "wasserstein" and (c.gp > 0 or c.weight_clip > 0))
+_NON_SATURATING = Advice("the modified minimax (non-saturating) generator loss", lambda c: "loss=non_saturating",
+                         lambda c: c.loss == "non_saturating")
+_UNROLL = Advice("an unrolled GAN: G trains against D advanced k updates ahead",
+                 lambda c: f"unroll_steps={max(5, 2 * c.unroll_steps)}")
+_NOISE = Advice("noise added to the discriminator's inputs (instance noise, annealed to 0)",
+                lambda c: f"instance_noise={_more(c.instance_noise, 0.1, 1.0)} instance_noise_anneal={c.steps}")
+_WEIGHT_PENALTY = Advice("a penalty on the discriminator's weights",
+                         lambda c: f"d_weight_l2={_more(c.d_weight_l2, 1e-4, 1e-2)}")
+_GRADIENT_PENALTY = Advice("a gradient penalty on the discriminator",
+                           lambda c: f"gp={_more(c.gp, 10.0, 100.0)}" if c.loss == "wasserstein"
+                           else f"r1={_more(c.r1, 1.0, 100.0)}")
+_STOP_BEST = Advice("stop training here and keep the best checkpoint",
+                    lambda c: "diag_stop_on_converged=true diag_best_metric=auto")
+_LOOK = Advice("look at the samples: a flat pair of scores can hide a collapsed generator")
+_LOWER_LR = Advice("lower learning rates", lambda c: f"g_lr={c.g_lr / 4:g} d_lr={c.d_lr / 4:g}")
+_BOUNDED = Advice("a bounded critic for the wasserstein loss (gp or weight_clip)", lambda c: "gp=10",
+                  lambda c: c.gp > 0 or c.weight_clip > 0)
+_CHECK_DATA = Advice("check the data for NaN/Inf")
+_SKIP = Advice("skip non-finite updates instead of stopping", lambda c: "nan_policy=skip",
+               lambda c: c.nan_policy == "skip")
+
+ADVICE: dict[str, tuple[Advice, ...]] = {
+    "discriminator_dominates": (_LABEL_FLIP, _D_DROPOUT, _G_WIDER, _D_NARROWER),
+    "generator_dominates": (_D_WIDER, _G_DROPOUT, _G_NARROWER),
+    "mode_collapse": (_LATENT, _G_WIDER, _LABEL_FLIP, _WASSERSTEIN, _UNROLL),
+    "vanishing_gradients": (_WASSERSTEIN, _NON_SATURATING),
+    "non_convergence": (_NOISE, _WEIGHT_PENALTY, _GRADIENT_PENALTY),
+    "converged": (_STOP_BEST, _LOOK),
+    "nan": (_LOWER_LR, _BOUNDED, _CHECK_DATA, _SKIP),
+}
+
+
+def remedies(kind: str, config: Any = None) -> list[str]:
+    """What to try for failure ``kind`` (MISSION.md's list), each with the ``--set`` that does it.
+
+    With a ``config`` the values are derived from the current ones (e.g. twice the latent size)
+    and remedies it already uses come last, marked "(already in use)"; without one, the hints
+    start from the defaults."""
+    from jaxgan.configs import Config
+
+    generic = config is None
+    c = Config() if generic else config
+    ready, in_use = [], []
+    for advice in ADVICE.get(kind, ()):
+        if not generic and advice.in_use(c):
+            in_use.append(f"{advice.text} (already in use)")
+            continue
+        hint = advice.hint(c)
+        ready.append(f"{advice.text} (--set {hint})" if hint else advice.text)
+    return ready + in_use
+
+
+REMEDIES: dict[str, tuple[str, ...]] = {kind: tuple(remedies(kind)) for kind in ADVICE}
+
+_MEANING = {
+    "discriminator_dominates": "D rejects the fakes with confidence; G gets little to learn from "
+                               "and may not recover",
+    "generator_dominates": "D calls the fakes real; early on this usually means a trivial feature "
+                           "fools D and the samples are poor",
+    "mode_collapse": "G makes many near-identical outputs from different latents",
+    "vanishing_gradients": "D is so good that G's gradient has all but vanished",
+    "non_convergence": "the scores keep swinging without settling",
+    "converged": "D is flipping a coin: its feedback is now noise, and training on can make G "
+                 "worse (convergence is often fleeting)",
+    "nan": "an update produced NaN/Inf",
+}
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+def _value(x: Any) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _r(x: float) -> float:
+    """Evidence numbers, readable: 4 significant digits."""
+    return float(f"{x:.4g}") if math.isfinite(x) else x
+
+
+@dataclasses.dataclass
+class Window:
+    """The rows of one metric in ``(start, end]``: their steps, values and rounds covered."""
+
+    start: int
+    end: int
+    steps: np.ndarray
+    values: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        return float(np.sum(self.values * self.weights) / np.sum(self.weights))
+
+    @property
+    def std(self) -> float:
+        m = self.mean
+        return float(np.sqrt(np.sum(self.weights * (self.values - m) ** 2) / np.sum(self.weights)))
+
+    @property
+    def rows(self) -> int:
+        return int(self.values.size)
+
+
+class History:
+    """The metric stream so far: per metric, the steps it was logged at and its values.
+
+    ``origin`` is the step the stream starts from (0, or where a resumed run restarted before
+    any row was replayed): the first row of a metric covers ``(origin, step]``.
+    """
+
+    def __init__(self, origin: int = 0):
+        self.origin = origin
+        self._steps: dict[str, list[int]] = {}
+        self._values: dict[str, list[float]] = {}
+        self.last_step = origin
+
+    def add(self, step: int, row: Row) -> None:
+        for key, value in row.items():
+            if key == "step" or isinstance(value, bool):
+                continue
+            if value is not None and not isinstance(value, int | float | np.number):
+                continue
+            self._steps.setdefault(key, []).append(int(step))
+            self._values.setdefault(key, []).append(_value(value))
+        self.last_step = max(self.last_step, int(step))
+
+    def has(self, key: str) -> bool:
+        return key in self._steps
+
+    def latest(self, key: str) -> tuple[int, float] | None:
+        if key not in self._steps:
+            return None
+        return self._steps[key][-1], self._values[key][-1]
+
+    def series(self, key: str, after: int = -1, until: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Steps and values of ``key`` logged in ``(after, until]``."""
+        steps = np.asarray(self._steps.get(key, []), np.int64)
+        values = np.asarray(self._values.get(key, []), np.float64)
+        keep = steps > after
+        if until is not None:
+            keep &= steps <= until
+        return steps[keep], values[keep]
+
+    def window(self, key: str, end: int, length: int, warmup: int) -> Window | None:
+        """Chunk-mean rows of ``key`` in ``(end - length, end]``, or None unless the stream covers
+        that span entirely after ``warmup`` (non-finite values are left out)."""
+        steps = np.asarray(self._steps.get(key, []), np.int64)
+        values = np.asarray(self._values.get(key, []), np.float64)
+        if steps.size == 0:
+            return None
+        upto = steps <= end
+        steps, values = steps[upto], values[upto]
+        bounds = np.concatenate([[self.origin], steps])
+        before = bounds[bounds <= end - length]
+        if before.size == 0 or before[-1] < warmup:
+            return None
+        start = int(before[-1])
+        inside = steps > start
+        weights = np.diff(bounds)[inside].astype(np.float64)
+        steps, values = steps[inside], values[inside]
+        finite = np.isfinite(values)
+        if not finite.any():
+            return None
+        return Window(start, end, steps[finite], values[finite], weights[finite])
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A detector's verdict on the stream now: does its condition hold, and on what numbers."""
+
+    holds: bool
+    evidence: dict[str, Any]
+    summary: str
+
+
+Detector = Callable[[History, int, Thresholds, bool, dict[str, Any]], "Finding | None"]
+
+
+def detect_discriminator_dominates(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    g = h.window("generator_score", t, th.window, th.warmup)
+    d = h.window("discriminator_score", t, th.window, th.warmup)
+    if g is None or d is None:
+        return None
+    m = HYSTERESIS if active else 0.0
+    holds = g.mean <= th.g_low + m and d.mean >= th.d_high - m
+    ev = {"window": [g.start, g.end], "rows": g.rows, "generator_score": _r(g.mean),
+          "discriminator_score": _r(d.mean), "g_low": th.g_low, "d_high": th.d_high}
+    acc = h.window("d_accuracy_fake", t, th.window, th.warmup)
+    if acc is not None:
+        ev["d_accuracy_fake"] = _r(acc.mean)
+    summary = (f"generator score {g.mean:.3f} <= {th.g_low:g} and discriminator score {d.mean:.3f} >= "
+               f"{th.d_high:g} over steps {g.start}-{g.end}")
+    return Finding(holds, ev, summary)
+
+
+def detect_generator_dominates(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    g = h.window("generator_score", t, th.window, th.warmup)
+    if g is None:
+        return None
+    m = HYSTERESIS if active else 0.0
+    holds = g.mean >= th.g_high - m
+    ev = {"window": [g.start, g.end], "rows": g.rows, "generator_score": _r(g.mean), "g_high": th.g_high}
+    for key in ("discriminator_score", "d_accuracy_fake"):
+        w = h.window(key, t, th.window, th.warmup)
+        if w is not None:
+            ev[key] = _r(w.mean)
+    summary = f"generator score {g.mean:.3f} >= {th.g_high:g} over steps {g.start}-{g.end}"
+    return Finding(holds, ev, summary)
+
+
+def detect_mode_collapse(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    verdicts, ev, parts = [], {}, []
+    div = h.window("diversity", t, th.window, th.warmup)
+    if div is not None:
+        limit = th.diversity_min * (1.2 if active else 1.0)
+        verdicts.append(div.mean <= limit)
+        ev.update({"window": [div.start, div.end], "rows": div.rows, "diversity": _r(div.mean),
+                   "diversity_min": th.diversity_min})
+        parts.append(f"diversity {div.mean:.3f} ({'<=' if div.mean <= limit else '>'} {th.diversity_min:g}) "
+                     f"over steps {div.start}-{div.end}")
+    # Toy data: the latest coverage snapshot (a point measurement of many samples, valid until
+    # the next one), judged when enough samples sit on modes for the mode histogram to mean much.
+    num_modes = ctx.get("num_modes")
+    eff, quality = h.latest("modes_effective"), h.latest("high_quality_frac")
+    if num_modes and eff is not None and quality is not None and eff[0] > th.warmup and eff[0] == quality[0]:
+        (snap, e), q = eff, quality[1]
+        if math.isfinite(e) and q >= th.quality_min:
+            limit = th.modes_min * num_modes * (1.2 if active else 1.0)
+            verdicts.append(e <= limit)
+            ev.update({"modes_step": int(snap), "modes_effective": _r(e), "modes_total": int(num_modes),
+                       "high_quality_frac": _r(q), "modes_min": th.modes_min, "quality_min": th.quality_min})
+            captured = h.latest("modes_captured")
+            if captured is not None and captured[0] == snap:
+                ev["modes_captured"] = _r(captured[1])
+            parts.append(f"{e:.1f} effective modes of {num_modes} at step {snap} "
+                         f"({'<=' if e <= limit else '>'} {th.modes_min:g} x {num_modes}), "
+                         f"{100 * q:.0f}% of samples on a mode")
+    if not verdicts:
+        return None
+    return Finding(any(verdicts), ev, "; ".join(parts))
+
+
+def detect_vanishing_gradients(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    gn = h.window("g_grad_norm", t, th.window, th.warmup)
+    d = h.window("discriminator_score", t, th.window, th.warmup)
+    if gn is None or d is None:
+        return None
+    _, after = h.series("g_grad_norm", after=th.warmup, until=t)
+    after = after[np.isfinite(after)]
+    if after.size == 0:
+        return None
+    peak = float(after.max())
+    ratio = gn.mean / peak if peak > 0 else 1.0
+    m = HYSTERESIS if active else 0.0
+    holds = ratio <= th.vanish_ratio * (2.0 if active else 1.0) and d.mean >= th.d_high - m
+    ev = {"window": [gn.start, gn.end], "rows": gn.rows, "g_grad_norm": _r(gn.mean), "g_grad_norm_peak": _r(peak),
+          "ratio": _r(ratio), "discriminator_score": _r(d.mean), "vanish_ratio": th.vanish_ratio,
+          "d_high": th.d_high}
+    summary = (f"G's gradient norm {gn.mean:.3g} is {ratio:.3g} x its peak {peak:.3g} while the "
+               f"discriminator score is {d.mean:.3f}, over steps {gn.start}-{gn.end}")
+    return Finding(holds, ev, summary)
+
+
+def _crossings(values: np.ndarray, level: float) -> int:
+    side = np.sign(values - level)
+    side = side[side != 0]
+    return int(np.count_nonzero(side[1:] != side[:-1]))
+
+
+def detect_non_convergence(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    best: Finding | None = None
+    for key in SCORE_KEYS:
+        w = h.window(key, t, th.long_window, th.warmup)
+        if w is None or w.rows < 2 * th.osc_crossings:
+            continue
+        half = w.rows // 2
+        first = Window(w.start, int(w.steps[half - 1]), w.steps[:half], w.values[:half], w.weights[:half])
+        second = Window(int(w.steps[half - 1]), w.end, w.steps[half:], w.values[half:], w.weights[half:])
+        std, crossings = w.std, _crossings(w.values, w.mean)
+        settling = second.std < 0.5 * first.std
+        need = th.osc_std * (0.75 if active else 1.0)
+        holds = std >= need and crossings >= th.osc_crossings and not settling
+        ev = {"window": [w.start, w.end], "rows": w.rows, "score": key, "std": _r(std), "mean": _r(w.mean),
+              "crossings": crossings, "std_first_half": _r(first.std), "std_second_half": _r(second.std),
+              "osc_std": th.osc_std, "osc_crossings": th.osc_crossings}
+        summary = (f"{key.replace('_', ' ')} swings with std {std:.3f} around {w.mean:.3f}, crossing it "
+                   f"{crossings} times over steps {w.start}-{w.end}"
+                   + (" and damping out" if settling else ""))
+        finding = Finding(holds, ev, summary)
+        if best is None or (finding.holds and not best.holds) or (
+            finding.holds == best.holds and std > best.evidence["std"]
+        ):
+            best = finding
+    return best
+
+
+def detect_converged(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    g = h.window("generator_score", t, th.window, th.warmup)
+    d = h.window("discriminator_score", t, th.window, th.warmup)
+    ar = h.window("d_accuracy_real", t, th.window, th.warmup)
+    af = h.window("d_accuracy_fake", t, th.window, th.warmup)
+    if g is None or d is None or ar is None or af is None:
+        return None
+    _, d_before = h.series("discriminator_score", after=-1, until=t)
+    d_before = d_before[np.isfinite(d_before)]
+    edge = float(d_before.max()) if d_before.size else math.nan
+    acc = 0.5 * (ar.mean + af.mean)
+    widen = 1.5 if active else 1.0
+    holds = (
+        abs(g.mean - 0.5) <= th.half_band * widen
+        and abs(d.mean - 0.5) <= th.half_band * widen
+        and abs(acc - 0.5) <= th.acc_band * widen
+        and edge >= th.edge
+    )
+    ev = {"window": [g.start, g.end], "rows": g.rows, "generator_score": _r(g.mean),
+          "discriminator_score": _r(d.mean), "d_accuracy": _r(acc), "max_discriminator_score": _r(edge),
+          "half_band": th.half_band, "acc_band": th.acc_band, "edge": th.edge}
+    summary = (f"generator score {g.mean:.3f}, discriminator score {d.mean:.3f}, D accuracy {acc:.3f} over "
+               f"steps {g.start}-{g.end}, after D's score had reached {edge:.3f}")
+    return Finding(holds, ev, summary)
+
+
+def detect_nan(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    row = ctx.get("row")
+    if row is None or not any(k in row for k in ("d_nonfinite", "g_nonfinite", *SCORE_KEYS)):
+        return None
+    ev: dict[str, Any] = {}
+    for key in ("d_nonfinite", "g_nonfinite"):
+        v = _value(row.get(key, 0.0))
+        if not math.isfinite(v) or v > 0:
+            ev[f"{key}_fraction"] = _r(v)
+    bad = sorted(k for k in (*SCORE_KEYS, "d_loss", "g_loss") if k in row and not math.isfinite(_value(row[k])))
+    if bad:
+        ev["nonfinite_metrics"] = bad
+    parts = [f"{k.split('_')[0].upper()} updates not finite: {v:.3g} of the chunk" for k, v in ev.items()
+             if k.endswith("fraction")]
+    if bad:
+        parts.append(f"non-finite {', '.join(bad)}")
+    return Finding(bool(ev), ev, "; ".join(parts) or "all finite")
+
+
+DETECTORS: dict[str, Detector] = {
+    "nan": detect_nan,
+    "discriminator_dominates": detect_discriminator_dominates,
+    "generator_dominates": detect_generator_dominates,
+    "mode_collapse": detect_mode_collapse,
+    "vanishing_gradients": detect_vanishing_gradients,
+    "non_convergence": detect_non_convergence,
+    "converged": detect_converged,
+}
+
+
+class Diagnosis:
+    """Feeds the metric stream through every detector and applies the policy.
+
+    ``feed(step, row)`` returns the new events. ``active`` maps each failure that is on to the
+    step it started; ``stop_reason`` is set when the policy says stop. ``num_modes`` (toy data)
+    lets ``mode_collapse`` judge coverage; ``config`` makes the remedies concrete.
+    """
+
+    def __init__(self, thresholds: Thresholds = Thresholds(), policy: Policy = Policy(), *,
+                 config: Any = None, num_modes: int | None = None, origin: int = 0):
+        self.thresholds = thresholds
+        self.policy = policy
+        self.config = config
+        self.num_modes = num_modes
+        self.history = History(origin)
+        self.active: dict[str, int] = {}
+        self.events: list[Event] = []
+        self.latest: dict[str, Finding] = {}
+        self.stop_reason: str | None = None
+
+    def feed(self, step: int, row: Row) -> list[Event]:
+        """Add one logged row (a chunk's means, or scalars measured at a checkpoint)."""
+        step = int(step)
+        self.history.add(step, row)
+        ctx = {"num_modes": self.num_modes, "row": row}
+        new: list[Event] = []
+        for kind, detect in DETECTORS.items():
+            if kind == "nan" and not any(k in row for k in ("d_nonfinite", "g_nonfinite", *SCORE_KEYS)):
+                continue
+            was = kind in self.active
+            finding = detect(self.history, step, self.thresholds, was, ctx)
+            if finding is None:
+                continue
+            self.latest[kind] = finding
+            if finding.holds and not was:
+                self.active[kind] = step
+                new.append(self._onset(step, kind, finding))
+            elif was and not finding.holds:
+                since = self.active.pop(kind)
+                new.append({
+                    "step": step, "kind": "recovered",
+                    "evidence": {"failure": kind, "since_step": since, "steps_active": step - since,
+                                 **finding.evidence},
+                    "remedies": [],
+                    "message": f"{kind} is over after {step - since} steps ({finding.summary})",
+                })
+        new.extend(self._apply_policy(step))
+        self.events.extend(new)
+        return new
+
+    def _onset(self, step: int, kind: str, finding: Finding) -> Event:
+        return {"step": step, "kind": kind, "evidence": finding.evidence,
+                "remedies": remedies(kind, self.config),
+                "message": f"{finding.summary}: {_MEANING[kind]}"}
+
+    def _apply_policy(self, step: int) -> list[Event]:
+        if self.stop_reason is not None:
+            return []
+        p = self.policy
+        if p.stop_on_converged and "converged" in self.active:
+            self.stop_reason = (f"converged at step {self.active['converged']} (D's feedback is now noise; "
+                                "diag_stop_on_converged=true)")
+            return [self._stop_event(step, "converged")]
+        if p.mode != "stop":
+            return []
+        for kind in FAILURES:
+            since = self.active.get(kind)
+            if since is not None and step - since >= p.stop_after:
+                self.stop_reason = (f"{kind} has not recovered for {step - since} steps (since step {since}): "
+                                    "the run will not come back")
+                return [self._stop_event(step, kind)]
+        return []
+
+    def _stop_event(self, step: int, kind: str) -> Event:
+        since = self.active[kind]
+        return {"step": step, "kind": "stopped",
+                "evidence": {"failure": kind, "since_step": since, "steps_unrecovered": step - since,
+                             "policy": "stop_on_converged" if kind == "converged" else "stop",
+                             "stop_after": self.policy.stop_after},
+                "remedies": remedies(kind, self.config),
+                "message": f"stopping: {self.stop_reason}"}
+
+    def status(self) -> str:
+        """A few words for the progress bar: the failures now on, or the latest event."""
+        if self.active:
+            return ",".join(sorted(self.active, key=self.active.get))
+        return self.events[-1]["kind"] if self.events else "ok"
+
+
+def clean_rows(rows: Iterable[Row]) -> list[Row]:
+    """Rows of ``metrics.jsonl`` as the run finally went: a resumed run logs again the steps
+    after its checkpoint, so a row that repeats a metric at or before that metric's last step
+    drops the earlier rows from its step on (those of the abandoned session)."""
+    kept: list[Row] = []
+    last: dict[str, int] = {}
+    for row in rows:
+        if "step" not in row:
+            continue
+        step = int(row["step"])
+        keys = [k for k in row if k != "step"]
+        if any(last.get(k, -1) >= step for k in keys):
+            kept = [r for r in kept if int(r["step"]) < step]
+            last = {}
+            for r in kept:
+                for k in r:
+                    if k != "step":
+                        last[k] = int(r["step"])
+        kept.append(row)
+        for k in keys:
+            last[k] = step
+    return kept
+
+
+def replay(rows: Iterable[Row], thresholds: Thresholds = Thresholds(), policy: Policy = Policy(), *,
+           config: Any = None, num_modes: int | None = None, origin: int = 0) -> Diagnosis:
+    """Feed logged rows (``metrics.jsonl``: dicts with ``step``) through a fresh :class:`Diagnosis`."""
+    diag = Diagnosis(thresholds, policy, config=config, num_modes=num_modes, origin=origin)
+    for row in clean_rows(rows):
+        diag.feed(int(row["step"]), row)
+    return diag
+
+
+# ----------------------------------------------------------------------------- toy coverage
+
+
+def mode_coverage(samples: np.ndarray, centers: np.ndarray, std: float) -> dict[str, float]:
+    """Mode coverage of 2-D samples ``[N, D]`` on a mixture with ``centers [K, D]`` and ``std``.
+
+    The VEEGAN protocol (Srivastava et al. 2017, section 5.1): a sample is high quality when it
+    lies within 3 std of its nearest centre; a mode is captured when it is the nearest centre of
+    at least one high-quality sample. ``modes_effective`` is exp(entropy) of the high-quality
+    samples' mode histogram: K when they spread evenly over K modes, 1 when they all sit on one,
+    and unlike a count it is not moved by a few stray samples.
+
+    Private stand-in until ``jaxgan.metrics.coverage`` (the unroll helper's) is on main.
+    """
+    x = np.asarray(samples, np.float64)
+    c = np.asarray(centers, np.float64)
+    d2 = np.sum((x[:, None, :] - c[None]) ** 2, axis=-1)
+    nearest = np.argmin(d2, axis=1)
+    quality = np.sqrt(d2[np.arange(x.shape[0]), nearest]) <= 3.0 * std
+    counts = np.bincount(nearest[quality], minlength=c.shape[0]).astype(np.float64)
+    total = counts.sum()
+    if total > 0:
+        p = counts[counts > 0] / total
+        effective = float(np.exp(-np.sum(p * np.log(p))))
+    else:
+        effective = 0.0
+    return {"modes_captured": float(np.count_nonzero(counts)), "modes_effective": effective,
+            "high_quality_frac": float(quality.mean())}
+
+
+# ----------------------------------------------------------------------------- keep best
+
+
+class BestKeeper:
+    """Decides whether a checkpoint is the best so far by logged metrics, compared in order
+    (lexicographic: the second breaks ties of the first), larger better unless ``mode="min"``.
+
+    The record lives in ``<run>/best.json`` so a resumed run remembers its best."""
+
+    def __init__(self, metrics: Sequence[str], mode: str = "max", path: str | None = None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be max or min, got {mode!r}")
+        self.metrics = tuple(metrics)
+        self.mode = mode
+        self.path = path
+        self.best: dict[str, Any] | None = None
+        if path is not None and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                self.best = json.load(f)
+
+    def _key(self, values: dict[str, float]) -> tuple[float, ...]:
+        sign = 1.0 if self.mode == "max" else -1.0
+        return tuple(sign * float(values[m]) for m in self.metrics)
+
+    def offer(self, step: int, values: dict[str, float]) -> bool:
+        """True (and recorded) when ``values`` holds every metric, all finite, and beats the best."""
+        if not all(m in values and math.isfinite(_value(values[m])) for m in self.metrics):
+            return False
+        if self.best is not None and self._key(values) <= self._key(self.best["metrics"]):
+            return False
+        self.best = {"step": int(step), "metrics": {m: float(values[m]) for m in self.metrics},
+                     "mode": self.mode}
+        if self.path is not None:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.best, f, indent=2)
+            os.replace(tmp, self.path)
+        return True
+
+
+def best_metrics(name: str, source: Any) -> tuple[str, ...]:
+    """The metrics ``diag_best_metric`` names (``auto``: coverage on toy mixtures, else none)."""
+    name = name.strip()
+    if name in ("off", ""):
+        return ()
+    if name == "auto":
+        return ("modes_captured", "high_quality_frac") if _is_mixture(source) else ()
+    return tuple(n.strip() for n in name.split(","))
+
+
+def _is_mixture(source: Any) -> bool:
+    return getattr(source, "centers", None) is not None and getattr(source, "std", None) is not None
+
+
+# ----------------------------------------------------------------------------- the observer
+
+
+class DiagnosisObserver:
+    """Runs :class:`Diagnosis` inside ``jaxgan.loop.train`` (an ``Observer``; see loop.py).
+
+    At each plot/checkpoint step on toy mixtures it draws ``samples`` from G and logs their mode
+    coverage (``modes_captured``, ``modes_effective``, ``high_quality_frac``), which both
+    ``mode_collapse`` and the keep-best policy read. ``best_saver(step, state, record)`` stores
+    the best checkpoint; by default a one-checkpoint orbax manager in ``<run>/best`` (a hook for
+    :mod:`jaxgan.checkpoint`'s own keep-best).
+    """
+
+    def __init__(self, thresholds: Thresholds = Thresholds(), policy: Policy = Policy(), *,
+                 best_metric: Sequence[str] | str = "auto", best_mode: str = "max", samples: int = 2500,
+                 config: Any = None, best_saver: Callable[[int, Any, dict], None] | None = None):
+        self.thresholds = thresholds
+        self.policy = policy
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self.samples = samples
+        self.config = config
+        self.best_saver = best_saver
+        self.diagnosis: Diagnosis | None = None
+        self.best: BestKeeper | None = None
+        self._run = None
+        self._out = ""
+        self._sample = None
+        self._state_at: tuple[int, Any] | None = None
+        self._own_ckpt = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> DiagnosisObserver:
+        return cls(Thresholds.from_config(config), Policy.from_config(config), best_metric=config.diag_best_metric,
+                   best_mode=config.diag_best_mode, samples=config.diag_samples, config=config)
+
+    # -- hooks
+    def on_start(self, run: Any, out: str, start_step: int) -> None:
+        from jaxgan import rundir
+
+        self._run, self._out = run, out
+        self.config = self.config if self.config is not None else run.config
+        source = run.source
+        num_modes = int(source.centers.shape[0]) if _is_mixture(source) and source.centers.shape[0] > 1 else None
+        # A resumed run picks up where it was: replay its rows up to the restart, silently.
+        rows = [r for r in clean_rows(rundir.read_jsonl(os.path.join(out, rundir.METRICS)))
+                if int(r["step"]) <= start_step]
+        origin = 0 if rows else start_step
+        self.diagnosis = replay(rows, self.thresholds, self.policy, config=self.config, num_modes=num_modes,
+                                origin=origin)
+        self.diagnosis.stop_reason = None
+        names = (best_metrics(self.best_metric, source) if isinstance(self.best_metric, str)
+                 else tuple(self.best_metric))
+        if names:
+            self.best = BestKeeper(names, self.best_mode, os.path.join(out, BEST_FILE))
+
+    def on_metrics(self, step: int, row: dict[str, float]) -> list[Event]:
+        events = self.diagnosis.feed(step, row)
+        if self._state_at is not None and self._state_at[0] == step:
+            # The checkpoint-time row of this boundary: its state is still alive (not yet donated).
+            state, self._state_at = self._state_at[1], None
+            if self.best is not None and self.best.offer(step, row):
+                self._save_best(step, state)
+        return events
+
+    def on_checkpoint(self, step: int, state: Any) -> dict[str, float]:
+        self._state_at = (step, state)  # valid until the loop's next chunk (see on_metrics)
+        source = self._run.source
+        if self.diagnosis.num_modes is None:
+            return {}
+        import jax
+
+        if self._sample is None:
+            gan, n = self._run.gan, self.samples
+            self._sample = jax.jit(lambda s, k: gan.sample(s, k, n))
+        key = jax.random.fold_in(jax.random.key(self._run.config.seed), step)
+        samples = np.asarray(self._sample(state, key)).reshape(self.samples, -1)
+        return mode_coverage(samples, source.centers, source.std)
+
+    def should_stop(self) -> str | None:
+        return self.diagnosis.stop_reason if self.diagnosis is not None else None
+
+    def postfix(self) -> dict[str, str]:
+        return {"diag": self.diagnosis.status()} if self.diagnosis is not None else {}
+
+    def on_end(self, step: int, state: Any) -> None:
+        if self._own_ckpt is not None:
+            self._own_ckpt.wait()
+            self._own_ckpt.close()
+            self._own_ckpt = None
+
+    # -- keep best
+    def _save_best(self, step: int, state: Any) -> None:
+        record = {"step": step, "best": self.best.best}
+        if self.best_saver is not None:
+            self.best_saver(step, state, record)
+            return
+        if self._own_ckpt is None:
+            from jaxgan.checkpoint import Checkpointer
+
+            self._own_ckpt = Checkpointer(os.path.join(self._out, BEST_DIR), keep=1)
+        config = self.config
+        if dataclasses.is_dataclass(config):
+            record["config"] = dataclasses.asdict(config)
+        self._own_ckpt.save(step, state, record)
