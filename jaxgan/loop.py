@@ -317,7 +317,7 @@ def train(
                 stop_reason = signals.received or next(
                     (r for r in (obs.should_stop() for obs in observers) if r), None
                 )
-                plot_due = step % config.plot_every == 0 or step == total
+                plot_due = step % config.plot_every == 0 or step == total or stop_reason is not None
                 ckpt_due = step % config.ckpt_every == 0 or step == total or stop_reason is not None
                 if plot_due or ckpt_due:
                     handle(*pending)

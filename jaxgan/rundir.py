@@ -6,8 +6,11 @@ Layout::
     metrics.jsonl     one JSON object per logged step: {"step": ..., every metric}
     events.jsonl      one JSON object per diagnosis event: {"step", "kind", "evidence", "remedies"}
     summary.json      wall time, steps/s and final metrics, rewritten when a session ends
-    scores.png, losses.png, samples*.png
+    scores.png, losses.png, health.png, samples*.png
     checkpoints/      orbax checkpoints
+    best/, best.json  the best checkpoint by diag_best_metric, and its record (jaxgan.diagnose)
+    tensorboard/      TensorBoard event files (jaxgan.tensorboard)
+    report/           `jaxgan diagnose`'s report.md and report.html, with their plots
 """
 
 from __future__ import annotations

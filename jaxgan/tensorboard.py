@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,37 @@ def event_text(event: dict[str, Any]) -> str:
         lines.append("Try: " + "; ".join(event["remedies"]))
     lines.append(f"evidence: `{json.dumps(event.get('evidence', {}))}`")
     return "\n\n".join(lines)
+
+
+def read_events(logdir: str) -> list[Any]:
+    """Every ``Event`` protocol buffer in the event files of ``logdir``, in file order.
+
+    Event files are TFRecord files: records of (uint64 length, uint32 CRC, data, uint32 CRC).
+    Reads them back without TensorBoard or TensorFlow installed (CRCs are not checked)."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for name in sorted(os.listdir(logdir)):
+        if "tfevents" not in name:
+            continue
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            if pos + 16 + length > len(data):
+                break  # a record still being written
+            event = event_pb2.Event()
+            event.ParseFromString(data[pos + 12 : pos + 12 + length])
+            out.append(event)
+            pos += 16 + length
+    return out
+
+
+def scalars(logdir: str) -> dict[tuple[str, int], float]:
+    """``{(tag, step): value}`` of every scalar in ``logdir`` (the last write wins)."""
+    return {(v.tag, e.step): v.simple_value for e in read_events(logdir) for v in e.summary.value
+            if v.HasField("simple_value")}
 
 
 class TensorBoardObserver:

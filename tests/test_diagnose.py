@@ -1,0 +1,438 @@
+"""The failure-mode detectors on synthetic metric streams, the policies, remedies, coverage,
+the report and the TensorBoard writer, each against an independent computation."""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from jaxgan import configs, diagnose, losses, report, rundir, scores, viz
+from jaxgan.diagnose import Policy, Thresholds
+
+TH = Thresholds()  # defaults: warmup 500, window 1000, long window 3000
+HEALTHY = {"generator_score": 0.5, "discriminator_score": 0.5, "d_accuracy_real": 0.5, "d_accuracy_fake": 0.5,
+           "diversity": 1.0, "g_grad_norm": 0.1, "d_grad_norm": 0.1, "d_nonfinite": 0.0, "g_nonfinite": 0.0}
+
+
+def stream(n_rows, every=100, **series):
+    """Rows at steps every, 2*every, ...; each series is a constant or a function of the step."""
+    rows = []
+    for i in range(1, n_rows + 1):
+        t = i * every
+        row = {"step": t}
+        for key, value in {**HEALTHY, **series}.items():
+            row[key] = value(t) if callable(value) else value
+        rows.append(row)
+    return rows
+
+
+def window_means(rows, key, window, warmup):
+    """Independent reference for equally spaced rows: {t: mean of the rows in (t - window, t]}
+    for every t the stream covers after warmup."""
+    steps = np.array([r["step"] for r in rows])
+    values = np.array([r[key] for r in rows], float)
+    return {int(t): float(values[(steps > t - window) & (steps <= t)].mean())
+            for t in steps if t - window >= warmup}
+
+
+def kinds(events):
+    return [e["kind"] for e in events]
+
+
+def run(rows, th=TH, policy=None, **kw):
+    return diagnose.replay(rows, th, policy or Policy(), **kw)
+
+
+def after(t0, value, before=0.5):
+    return lambda t: value if t > t0 else before
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def test_window_mean_weights_rows_by_the_rounds_they_cover():
+    h = diagnose.History()
+    steps = [100, 150, 400, 500, 900]  # uneven chunks (a resumed run, or boundaries mid-log)
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    for s, v in zip(steps, values, strict=True):
+        h.add(s, {"x": v})
+    w = h.window("x", 900, 750, warmup=0)  # (150, 900]: rows 400, 500, 900 covering 250, 100, 400 rounds
+    assert w.start == 150 and list(w.steps) == [400, 500, 900]
+    assert w.mean == pytest.approx(np.average([3.0, 4.0, 5.0], weights=[250, 100, 400]))
+    assert h.window("x", 900, 850, warmup=0).start == 0  # from the origin
+    assert h.window("x", 900, 950, warmup=0) is None  # longer than the stream
+    assert h.window("x", 500, 100, warmup=450) is None  # (400, 500] starts before the warm-up ends
+    assert h.window("x", 900, 400, warmup=450).start == 500
+
+
+# ----------------------------------------------------------------------------- detectors
+
+
+def test_discriminator_dominates_fires_once_at_onset_with_the_window_means():
+    rows = stream(40, generator_score=after(1500, 0.03), discriminator_score=after(1500, 0.96),
+                  d_accuracy_fake=after(1500, 0.99))
+    diag = run(rows)
+    onsets = [e for e in diag.events if e["kind"] == "discriminator_dominates"]
+    assert len(onsets) == 1
+    g = window_means(rows, "generator_score", TH.window, TH.warmup)
+    d = window_means(rows, "discriminator_score", TH.window, TH.warmup)
+    expected = min(t for t in g if g[t] <= TH.g_low and d[t] >= TH.d_high)
+    ev = onsets[0]
+    assert ev["step"] == expected == 2400  # one healthy row of ten still in the window
+    assert ev["evidence"]["generator_score"] == pytest.approx(g[expected], rel=1e-3)
+    assert ev["evidence"]["discriminator_score"] == pytest.approx(d[expected], rel=1e-3)
+    assert ev["evidence"]["window"] == [expected - TH.window, expected]
+    assert any("label flipping" in r for r in ev["remedies"]) and any("dropout" in r for r in ev["remedies"])
+    assert "generator_dominates" not in kinds(diag.events)
+    assert diag.active == {"discriminator_dominates": 2400}
+
+
+def test_discriminator_dominates_not_on_a_short_dip_nor_on_a_healthy_stream():
+    dip = stream(40, generator_score=lambda t: 0.03 if 2000 < t <= 2600 else 0.5,
+                 discriminator_score=lambda t: 0.96 if 2000 < t <= 2600 else 0.5)
+    assert "discriminator_dominates" not in kinds(run(dip).events)
+    rng = np.random.default_rng(0)
+    noisy = stream(60, generator_score=lambda t: 0.5 + 0.03 * rng.normal(),
+                   discriminator_score=lambda t: 0.5 + 0.03 * rng.normal())
+    assert run(noisy).events == []
+
+
+def test_recovery_is_reported_once_and_hysteresis_stops_flapping():
+    rows = stream(60, generator_score=lambda t: 0.03 if 1000 < t <= 3000 else 0.5,
+                  discriminator_score=lambda t: 0.96 if 1000 < t <= 3000 else 0.5)
+    events = run(rows).events
+    # Back at 0.5 with accuracy 0.5 after D had its edge: that is also the converged signal.
+    assert kinds(events) == ["discriminator_dominates", "recovered", "converged"]
+    rec = events[1]
+    assert rec["evidence"]["failure"] == "discriminator_dominates"
+    assert rec["evidence"]["steps_active"] == rec["step"] - events[0]["step"]
+    # A generator score wandering across the threshold (0.09 / 0.12) is one failure, not many.
+    flap = stream(80, generator_score=lambda t: 0.03 if t <= 2000 else (0.09 if (t // 500) % 2 else 0.12),
+                  discriminator_score=0.95)
+    assert kinds(run(flap).events) == ["discriminator_dominates"]
+
+
+def test_generator_dominates():
+    rows = stream(30, generator_score=after(1000, 0.8), discriminator_score=after(1000, 0.35),
+                  d_accuracy_fake=after(1000, 0.0))
+    events = run(rows).events
+    (ev,) = [e for e in events if e["kind"] == "generator_dominates"]
+    g = window_means(rows, "generator_score", TH.window, TH.warmup)
+    assert ev["step"] == min(t for t in g if g[t] >= TH.g_high)
+    assert ev["evidence"]["generator_score"] == pytest.approx(g[ev["step"]], rel=1e-3)
+    assert ev["evidence"]["d_accuracy_fake"] == pytest.approx(
+        window_means(rows, "d_accuracy_fake", TH.window, TH.warmup)[ev["step"]], abs=1e-4)
+    assert any("more filters (units) in the discriminator" in r for r in ev["remedies"])
+    assert run(stream(30, generator_score=after(1000, 0.65))).events == []
+
+
+def test_mode_collapse_from_diversity():
+    rows = stream(30, diversity=after(1000, 0.2, before=1.0))
+    (ev,) = run(rows).events
+    assert ev["kind"] == "mode_collapse"
+    div = window_means(rows, "diversity", TH.window, TH.warmup)
+    assert ev["step"] == min(t for t in div if div[t] <= TH.diversity_min)
+    assert ev["evidence"]["diversity"] == pytest.approx(div[ev["step"]], rel=1e-3)
+    assert any("larger latent" in r for r in ev["remedies"]) and any("unrolled" in r for r in ev["remedies"])
+    assert run(stream(30, diversity=0.7)).events == []
+
+
+def coverage_rows(effective, quality, every=500, n=8):
+    """A healthy stream with coverage snapshots every ``every`` steps."""
+    rows = []
+    for r in stream(n * every // 100):
+        rows.append(r)
+        if r["step"] % every == 0:
+            rows.append({"step": r["step"], "modes_effective": effective(r["step"]),
+                         "modes_captured": math.ceil(effective(r["step"])), "high_quality_frac": quality})
+    return rows
+
+
+def test_mode_collapse_from_toy_coverage_only_when_samples_sit_on_modes():
+    rows = coverage_rows(lambda t: 8.0 if t <= 1500 else 2.0, quality=0.6)
+    (ev,) = run(rows, num_modes=8).events
+    assert ev["kind"] == "mode_collapse" and ev["step"] == 2000  # the first collapsed snapshot
+    assert ev["evidence"]["modes_effective"] == 2.0 and ev["evidence"]["modes_total"] == 8
+    assert ev["evidence"]["modes_captured"] == 2 and ev["evidence"]["high_quality_frac"] == 0.6
+    # Few modes but hardly any sample on a mode: G has not found the modes; that is not collapse.
+    assert run(coverage_rows(lambda t: 2.0, quality=0.01), num_modes=8).events == []
+    # Six of eight modes is not collapse (threshold: half the modes).
+    assert run(coverage_rows(lambda t: 6.0, quality=0.6), num_modes=8).events == []
+    # Snapshots before the warm-up ends are not judged.
+    assert run(coverage_rows(lambda t: 2.0 if t <= 500 else 8.0, quality=0.6), num_modes=8).events == []
+
+
+def test_vanishing_gradients_needs_a_confident_discriminator():
+    grad = lambda t: 1.0 if t <= 1500 else 0.01
+    rows = stream(40, g_grad_norm=grad, discriminator_score=after(1500, 0.95, before=0.7),
+                  generator_score=after(1500, 0.2, before=0.4))
+    (ev,) = [e for e in run(rows).events if e["kind"] == "vanishing_gradients"]
+    gn = window_means(rows, "g_grad_norm", TH.window, TH.warmup)
+    t = ev["step"]
+    assert ev["evidence"]["g_grad_norm_peak"] == 1.0
+    assert ev["evidence"]["ratio"] == pytest.approx(gn[t] / 1.0, rel=1e-3)
+    assert gn[t] <= TH.vanish_ratio and all(gn[s] > TH.vanish_ratio for s in gn if s < t)
+    assert any("Wasserstein" in r for r in ev["remedies"])
+    # The same collapse of the gradient with an unsure D is not vanishing gradients (G may be at
+    # an optimum of a frozen D, as with d_lr=0).
+    calm = stream(40, g_grad_norm=grad, discriminator_score=0.4)
+    assert "vanishing_gradients" not in kinds(run(calm).events)
+
+
+def test_non_convergence_on_sustained_oscillation_only():
+    long_th = dataclasses.replace(TH, long_window=3000)
+    swing = stream(60, generator_score=lambda t: 0.5 + 0.25 * math.sin(2 * math.pi * t / 800),
+                   discriminator_score=lambda t: 0.5 - 0.1 * math.sin(2 * math.pi * t / 800))
+    events = [e for e in run(swing, long_th).events if e["kind"] == "non_convergence"]
+    assert len(events) == 1
+    ev = events[0]
+    t = ev["step"]
+    assert t == long_th.warmup + long_th.long_window  # judged as soon as the window is covered
+    values = np.array([r["generator_score"] for r in swing if t - 3000 < r["step"] <= t])
+    assert ev["evidence"]["score"] == "generator_score"
+    assert ev["evidence"]["std"] == pytest.approx(values.std(), rel=1e-3)
+    crossings = np.count_nonzero(np.diff(np.sign(values - values.mean())) != 0)
+    assert ev["evidence"]["crossings"] == crossings >= 4
+    assert any("noise" in r for r in ev["remedies"]) and any("penalty" in r for r in ev["remedies"])
+    damped = stream(60, generator_score=lambda t: 0.5 + 0.4 * math.exp(-t / 700) * math.sin(2 * math.pi * t / 800))
+    assert "non_convergence" not in kinds(run(damped, long_th).events)
+    trend = stream(60, generator_score=lambda t: 0.9 - 0.8 * t / 6000)
+    assert "non_convergence" not in kinds(run(trend, long_th).events)
+    small = stream(60, generator_score=lambda t: 0.5 + 0.05 * math.sin(2 * math.pi * t / 800))
+    assert run(small, long_th).events == []
+
+
+def test_converged_only_after_d_had_an_edge():
+    d = lambda t: 0.75 if t <= 2000 else 0.51
+    rows = stream(50, discriminator_score=d, generator_score=after(2000, 0.49, before=0.3),
+                  d_accuracy_real=after(2000, 0.55, before=0.9), d_accuracy_fake=after(2000, 0.5, before=0.8))
+    (ev,) = run(rows).events
+    assert ev["kind"] == "converged"
+    g, dm = (window_means(rows, k, TH.window, TH.warmup) for k in ("generator_score", "discriminator_score"))
+    acc = {t: 0.5 * (a + f) for (t, a), f in zip(window_means(rows, "d_accuracy_real", TH.window, TH.warmup).items(),
+                                                 window_means(rows, "d_accuracy_fake", TH.window, TH.warmup).values(),
+                                                 strict=True)}
+    expected = min(t for t in g if abs(g[t] - 0.5) <= 0.05 and abs(dm[t] - 0.5) <= 0.05 and abs(acc[t] - 0.5) <= 0.1)
+    assert ev["step"] == expected and ev["evidence"]["max_discriminator_score"] == 0.75
+    assert ev["evidence"]["d_accuracy"] == pytest.approx(acc[expected], rel=1e-3)
+    assert "noise" in ev["message"] and any("best checkpoint" in r for r in ev["remedies"])
+    assert any("look at the samples" in r for r in ev["remedies"])
+    # A fresh discriminator also says 0.5 about everything: not convergence.
+    assert run(stream(50)).events == []
+
+
+def test_nan_fires_at_once_and_recovers_on_a_clean_row():
+    rows = stream(10)
+    rows[1]["d_nonfinite"] = 0.03  # step 200, before the warm-up: nan does not wait
+    rows[1]["d_loss"] = float("nan")
+    events = run(rows).events
+    assert kinds(events) == ["nan", "recovered"]
+    assert events[0]["step"] == 200 and events[0]["evidence"]["d_nonfinite_fraction"] == 0.03
+    assert events[0]["evidence"]["nonfinite_metrics"] == ["d_loss"]
+    assert events[1]["step"] == 300
+    assert any("lower learning rates" in r for r in events[0]["remedies"])
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+DOMINATED = stream(50, generator_score=after(1000, 0.02), discriminator_score=after(1000, 0.97))
+
+
+def test_stop_policy_stops_an_unrecovered_failure_after_stop_after_steps():
+    diag = run(DOMINATED, policy=Policy(mode="stop", stop_after=800))
+    onset = next(e["step"] for e in diag.events if e["kind"] == "discriminator_dominates")
+    (stop,) = [e for e in diag.events if e["kind"] == "stopped"]
+    assert stop["step"] == onset + 800
+    assert stop["evidence"] == {"failure": "discriminator_dominates", "since_step": onset, "steps_unrecovered": 800,
+                                "policy": "stop", "stop_after": 800}
+    assert "has not recovered for 800 steps" in diag.stop_reason and "will not come back" in diag.stop_reason
+    assert "stopped" not in kinds(run(DOMINATED).events)  # warn (the default) only warns
+
+
+def test_stop_on_converged():
+    rows = stream(50, discriminator_score=lambda t: 0.7 if t <= 1000 else 0.5)
+    diag = run(rows, policy=Policy(stop_on_converged=True))
+    assert kinds(diag.events) == ["converged", "stopped"]
+    assert diag.events[1]["step"] == diag.events[0]["step"] and "converged" in diag.stop_reason
+
+
+def test_best_keeper_compares_in_order_and_remembers(tmp_path):
+    path = str(tmp_path / "best.json")
+    keeper = diagnose.BestKeeper(["modes_captured", "high_quality_frac"], path=path)
+    assert keeper.offer(100, {"modes_captured": 5, "high_quality_frac": 0.9})
+    assert not keeper.offer(200, {"modes_captured": 4, "high_quality_frac": 1.0})
+    assert keeper.offer(300, {"modes_captured": 5, "high_quality_frac": 0.95})  # tie broken by the second
+    assert not keeper.offer(400, {"modes_captured": 5, "high_quality_frac": 0.95})  # equal is not better
+    assert not keeper.offer(500, {"modes_captured": float("nan"), "high_quality_frac": 1.0})
+    assert not keeper.offer(600, {"other": 1.0})
+    again = diagnose.BestKeeper(["modes_captured", "high_quality_frac"], path=path)
+    assert again.best["step"] == 300
+    low = diagnose.BestKeeper(["fid"], mode="min")
+    assert low.offer(1, {"fid": 30.0}) and low.offer(2, {"fid": 20.0}) and not low.offer(3, {"fid": 25.0})
+
+
+# ----------------------------------------------------------------------------- remedies
+
+
+def test_remedies_are_missions_lists_made_concrete_for_the_config():
+    c = configs.Config(label_flip=0.1, latent_dim=64, g_hidden=(32, 32), loss="non_saturating")
+    dd = diagnose.remedies("discriminator_dominates", c)
+    assert dd[0].startswith("one-sided label flipping") and "label_flip=0.2" in dd[0]
+    assert "g_hidden=64,64" in dd[2] and "d_hidden=64,64" in dd[3]
+    assert "latent_dim=128" in diagnose.remedies("mode_collapse", c)[0]
+    vanish = diagnose.remedies("vanishing_gradients", c)
+    assert "loss=wasserstein gp=10" in vanish[0] and vanish[-1].endswith("(already in use)")
+    wgan = configs.Config(loss="wasserstein", gp=10.0)
+    assert diagnose.remedies("mode_collapse", wgan)[-1].startswith("the Wasserstein loss")
+    assert "gp=20" in diagnose.remedies("non_convergence", wgan)[2]
+    gd = diagnose.REMEDIES["generator_dominates"]
+    assert "discriminator" in gd[0] and "dropout in the generator" in gd[1] and "fewer" in gd[2]
+
+
+def test_diag_config_keys_match_the_thresholds_and_are_validated():
+    assert Thresholds.from_config(configs.Config()) == Thresholds()
+    assert Policy.from_config(configs.Config()) == Policy()
+    with pytest.raises(configs.ConfigError, match="diag_g_low"):
+        configs.apply_overrides(configs.Config(), configs.parse_overrides(["diag_g_low=1.5"]))
+    with pytest.raises(configs.ConfigError, match=r"diag=.*choose warn"):
+        configs.apply_overrides(configs.Config(), {"diag": "loud"})
+    assert configs.DIAG_KEYS <= configs.RESUMABLE_CHANGES
+
+
+# ----------------------------------------------------------------------------- in-step statistics
+
+
+def test_mode_coverage_against_an_independent_count():
+    centers = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+    rng = np.random.default_rng(0)
+    counts = [300, 100, 0, 50]
+    on_modes = np.concatenate([c + 0.01 * rng.normal(size=(n, 2)) for c, n in zip(centers, counts, strict=True)])
+    off = np.full((50, 2), 1.0)  # equidistant from every mode and 0.14 away: not high quality at std 0.02
+    cov = diagnose.mode_coverage(np.concatenate([on_modes, off]), centers, std=0.02)
+    assert cov["modes_captured"] == 3
+    assert cov["high_quality_frac"] == pytest.approx(450 / 500)
+    assert cov["modes_effective"] == pytest.approx(np.exp(scipy.stats.entropy([300, 100, 50])))
+
+
+def test_game_scores_are_missions_definitions():
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(1, 2, 64).astype(np.float32), rng.normal(-1, 2, 64).astype(np.float32)
+    out = scores.game_scores(losses.NON_SATURATING, jnp.asarray(real), jnp.asarray(fake))
+    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+    assert float(out["generator_score"]) == pytest.approx(sig(fake).mean(), rel=1e-5)
+    assert float(out["discriminator_score"]) == pytest.approx(0.5 * sig(real).mean() + 0.5 * (1 - sig(fake)).mean(),
+                                                              rel=1e-5)
+    assert float(out["d_accuracy_real"]) == pytest.approx((real > 0).mean())
+    assert float(out["d_accuracy_fake"]) == pytest.approx((fake < 0).mean())
+
+
+def test_diversity_of_collapsed_images_far_from_the_origin():
+    # 64 near-identical "images" of 3072 values around 30: the Gram form without centring loses
+    # the 1e-3 differences to float32 rounding of |x|^2 ~ 3e6.
+    rng = np.random.default_rng(0)
+    x = (30.0 + 1e-3 * rng.normal(size=(64, 3072))).astype(np.float32)
+    ref = np.mean([np.linalg.norm(x[i].astype(np.float64) - x[j]) for i in range(64) for j in range(64) if i != j])
+    assert float(scores.mean_pairwise_distance(jnp.asarray(x))) == pytest.approx(ref, rel=1e-3)
+    real = rng.normal(size=(64, 3072)).astype(np.float32)
+    assert float(scores.diversity(jnp.asarray(real), jnp.asarray(x))) < 0.01
+
+
+# ----------------------------------------------------------------------------- stream hygiene
+
+
+def test_clean_rows_keeps_the_resumed_session():
+    rows = [{"step": 100, "a": 1}, {"step": 200, "a": 2}, {"step": 200, "modes": 3}, {"step": 300, "a": 3},
+            # resumed from the checkpoint at 200: step 300 is logged again
+            {"step": 300, "a": 30}, {"step": 400, "a": 40}]
+    assert diagnose.clean_rows(rows) == [{"step": 100, "a": 1}, {"step": 200, "a": 2}, {"step": 200, "modes": 3},
+                                         {"step": 300, "a": 30}, {"step": 400, "a": 40}]
+
+
+def test_event_spans_for_plots():
+    events = [{"step": 100, "kind": "mode_collapse"}, {"step": 300, "kind": "discriminator_dominates"},
+              {"step": 500, "kind": "recovered", "evidence": {"failure": "mode_collapse"}},
+              {"step": 600, "kind": "stopped", "evidence": {"failure": "discriminator_dominates"}}]
+    assert viz.event_spans(events, 900) == [("mode_collapse", 100, 500), ("discriminator_dominates", 300, 900)]
+
+
+# ----------------------------------------------------------------------------- report and CLI
+
+
+def _fake_run(tmp_path, rows, events, **config):
+    out = str(tmp_path / "run")
+    cfg = configs.Config(steps=rows[-1]["step"], **config)
+    rundir.prepare(out, cfg)
+    rundir.append_jsonl(os.path.join(out, rundir.METRICS), rows)
+    rundir.append_jsonl(os.path.join(out, rundir.EVENTS), events)
+    return out, cfg
+
+
+def test_report_of_a_running_run_and_its_replay(tmp_path):
+    events = run(DOMINATED).events
+    out, _ = _fake_run(tmp_path, DOMINATED, events)
+    s = report.summarize(out)
+    assert s.status.startswith("in progress")  # no summary.json yet
+    assert s.active == {"discriminator_dominates": events[0]["step"]}
+    assert s.final["generator_score"] == pytest.approx(0.02)
+    assert s.advice[0].startswith("discriminator_dominates") and "label_flip=0.1" in s.advice[0]
+    replayed = report.summarize(out, replay=True, overrides={"diag_g_low": 0.01})
+    assert replayed.events == [] and replayed.replayed
+    text = report.format_text(s)
+    assert "generator score 0.020" in text and "what to try next" in text
+    md, page = report.write_report(out, s)
+    body = open(md).read()
+    assert "![scores.png](scores.png)" in body and "discriminator_dominates" in body
+    assert open(page).read().count("data:image/png;base64,") == 3
+    rundir.write_json(os.path.join(out, rundir.SUMMARY), {"final_step": 5000, "stopped_by": None})
+    assert report.summarize(out).status == "finished (5000 steps)"
+
+
+def test_cli_diagnose(tmp_path):
+    out, _ = _fake_run(tmp_path, DOMINATED, run(DOMINATED).events)
+    cmd = [sys.executable, "-m", "jaxgan", "diagnose", "--run", out, "--json", "--no-report"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert [e["kind"] for e in summary["events"]] == ["discriminator_dominates"]
+    res = subprocess.run([*cmd, "--set", "g_lr=0"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "only the diagnosis keys" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "jaxgan", "diagnose", "--run", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def test_tensorboard_observer_writes_scalars_and_events(tmp_path):
+    from jaxgan import tensorboard
+
+    out = str(tmp_path)
+    obs = tensorboard.TensorBoardObserver()
+    obs._run = None
+    open(os.path.join(out, rundir.EVENTS), "w").close()
+    obs.on_start(None, out, 0)
+    rows = stream(3, generator_score=lambda t: t / 1000)
+    for r in rows:
+        obs.on_metrics(r["step"], {k: v for k, v in r.items() if k != "step"})
+    rundir.append_jsonl(os.path.join(out, rundir.EVENTS), [{"step": 300, "kind": "mode_collapse",
+                                                            "evidence": {"diversity": 0.2}, "remedies": ["x"]}])
+    obs.on_metrics(400, {"generator_score": 0.4})
+    obs.on_end(400, None)
+    logdir = os.path.join(out, tensorboard.TB_DIR)
+    events = tensorboard.read_events(logdir)
+    scalars = tensorboard.scalars(logdir)
+    assert scalars[("scores/generator_score", 200)] == pytest.approx(0.2)
+    assert scalars[("scores/generator_score", 400)] == pytest.approx(0.4)
+    assert scalars[("diversity/diversity", 100)] == 1.0
+    texts = [(e.step, v.tensor.string_val[0].decode()) for e in events for v in e.summary.value
+             if v.tag.startswith("events")]
+    assert len(texts) == 1 and texts[0][0] == 300 and "mode_collapse" in texts[0][1]
