@@ -306,9 +306,7 @@ def train(
         pending = None
         try:
             while step < total:
-                # A chunk ends at the next log, plot or checkpoint boundary, so none is skipped.
-                n = min(config.log_every - step % config.log_every, config.plot_every - step % config.plot_every,
-                        config.ckpt_every - step % config.ckpt_every, total - step)
+                n = min(config.log_every - step % config.log_every, total - step)
                 state, metrics_dev = chunk_fn(n)(state)
                 first, step = step, step + n
                 if pending is not None:
