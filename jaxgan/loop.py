@@ -192,7 +192,7 @@ def _emit(out: str, events: list[dict[str, Any]], echo: Callable[[str], None]) -
     for ev in events:
         what = f"{ev['kind']}: {ev['message']}" if ev.get("message") else ev["kind"]
         tip = f" Try: {ev['remedies'][0]}" if ev.get("remedies") else ""
-        echo(f"jaxgan: step {ev['step']}: {what}{tip}")
+        echo(f"jaxgan: step {ev['step']}: {what}.{tip}")
 
 
 def train(

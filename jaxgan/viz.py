@@ -146,13 +146,17 @@ def health_plot(
         ax.set_ylabel("modes")
         twin = ax.twinx()
         steps, values = _series(rows, "high_quality_frac")
-        twin.plot(steps, values, ":", color="tab:green", label="high-quality fraction")
+        twin.plot(steps, values, ":", color="tab:green", label="high-quality fraction (right)")
         twin.set_ylim(0, 1.05)
         twin.set_ylabel("high quality", color="tab:green")
-    for ax in axes:
+    for i, ax in enumerate(axes):
         mark_events(ax, events, end, label=False)
         ax.grid(alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.08, 0.5), fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        if has_modes and i == 2:
+            more = twin.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.1, 0.5), fontsize=8)
     axes[-1].set_xlabel("step")
     axes[0].set_title("What the detectors read (shaded: diagnosed failures)")
     _save(fig, path)
