@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -388,9 +389,9 @@ def test_report_of_a_running_run_and_its_replay(tmp_path):
     text = report.format_text(s)
     assert "generator score 0.020" in text and "what to try next" in text
     md, page = report.write_report(out, s)
-    body = open(md).read()
+    body = pathlib.Path(md).read_text()
     assert "![scores.png](scores.png)" in body and "discriminator_dominates" in body
-    assert open(page).read().count("data:image/png;base64,") == 3
+    assert pathlib.Path(page).read_text().count("data:image/png;base64,") == 3
     rundir.write_json(os.path.join(out, rundir.SUMMARY), {"final_step": 5000, "stopped_by": None})
     assert report.summarize(out).status == "finished (5000 steps)"
 

@@ -18,6 +18,7 @@ themselves are produced by the configs, not by the thresholds:
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -96,7 +97,7 @@ def test_frozen_generator_is_flagged_discriminator_dominates_and_stopped(tmp_pat
     assert summary.status.startswith("stopped") and "discriminator_dominates" in summary.active
     assert summary.advice[0].startswith("discriminator_dominates")
     md, _ = report.write_report(out, summary)
-    assert "discriminator_dominates" in open(md).read()
+    assert "discriminator_dominates" in pathlib.Path(md).read_text()
 
 
 def test_frozen_discriminator_is_flagged_generator_dominates(tmp_path):
