@@ -44,8 +44,29 @@ def _default_out(preset: str) -> str:
     return os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-process (one process per host; every process runs the same command)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0's coordinator (env JAXGAN_COORDINATOR or JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None,
+                   help="number of processes (env JAXGAN_NUM_PROCESSES or JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None,
+                   help="this process's index, 0 .. num-processes-1 (env JAXGAN_PROCESS_ID or JAX_PROCESS_ID)")
+    g.add_argument("--heartbeat-timeout", type=int, default=100, metavar="SECONDS",
+                   help="a process silent this long is taken as dead and the others stop with an error")
+
+
+def _init_distributed(args) -> None:
+    from jaxgan import parallel
+
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                    heartbeat_timeout_s=args.heartbeat_timeout)
+
+
 def cmd_train(args) -> int:
     from jaxgan import loop
+
+    _init_distributed(args)
 
     saved = None
     if args.out and os.path.isfile(os.path.join(args.out, rundir.CONFIG)) and args.preset is None and not args.set:
@@ -95,21 +116,19 @@ def cmd_sample(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import functools
-
     import jax
     import numpy as np
 
-    from jaxgan import loop
-    from jaxgan.runner import train_chunk
+    from jaxgan import loop, parallel
 
     config = _config_from_args(args)
     steps = args.steps or 200
+    plan = parallel.plan(config.parallel, config.devices)
+    plan.local_batch(config.batch_size)
     run = loop.Run.from_config(config)
-    state = run.init_state()
+    state = plan.place(run.init_state())
     chunk = min(config.log_every, steps)
-    fn = jax.jit(functools.partial(train_chunk, run.gan, run.source, local_batch=config.batch_size,
-                                   rounds=chunk), donate_argnums=0)
+    fn = plan.train_chunk(run.gan, run.source, config.batch_size, chunk)
     t0 = time.perf_counter()
     compiled = fn.lower(state).compile()
     compile_s = time.perf_counter() - t0
@@ -129,7 +148,8 @@ def cmd_bench(args) -> int:
         "compile_s": round(compile_s, 3),
         "steps_per_s": round(n_chunks * chunk / elapsed, 2),
         "final_generator_score": float(np.asarray(m["generator_score"])[-1]),
-        "devices": 1,
+        "devices": plan.num_devices,
+        "parallel": plan.mode,
         "platform": jax.devices()[0].platform,
         "machine": platform.processor() or platform.machine(),
         "jax": jax.__version__,
@@ -171,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>); "
                    "an existing run there is resumed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")

@@ -55,7 +55,8 @@ class Config:
     label_flip: float = 0.0  # fraction of real examples labelled fake
     ema_decay: float = 0.0  # EMA of G's weights for sampling (0: off), e.g. 0.999
     nan_policy: str = "stop"  # stop | skip: on a NaN/Inf update, stop the run or skip the update
-    devices: int = 0  # devices to use (0: all local devices)
+    devices: int = 0  # devices to use (0: all local devices; 1: plain jit); per process when multi-host
+    parallel: str = "pmap"  # pmap | sharding | shard_map: how the step spreads over several devices
     seed: int = 0
     log_every: int = 100  # rounds between logged metrics (and compiled chunk length)
     plot_every: int = 1000  # rounds between plots and sample pictures
@@ -114,7 +115,9 @@ PENALTY_KEYS = (
 )
 
 # Which config keys may differ between a run's saved config and a resumed one.
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "devices"})
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "devices", "parallel"}
+)
 # Monitoring settings do not change the trajectory either.
 DIAG_KEYS = frozenset({"tensorboard", *(f for f in Config.__dataclass_fields__ if f.startswith("diag"))})
 RESUMABLE_CHANGES = RESUMABLE_CHANGES | DIAG_KEYS
@@ -272,6 +275,7 @@ def _validate_diag(c: Config, need: Callable[[bool, str, str], None]) -> None:
 
 LOSS_NAMES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_squares")
 DATASETS = ("ring8", "grid25", "gaussian1d", "gaussian2d")
+PARALLEL_MODES = ("pmap", "sharding", "shard_map")
 
 
 def validate(c: Config) -> Config:
@@ -307,6 +311,9 @@ def validate(c: Config) -> Config:
     need(c.instance_noise_anneal >= 0, "instance_noise_anneal", "must be >= 0")
     need(c.nan_policy in ("stop", "skip"), "nan_policy", "choose stop or skip")
     need(c.devices >= 0, "devices", "must be >= 0 (0: all local devices)")
+    need(c.devices == 0 or c.batch_size % c.devices == 0, "batch_size",
+         f"the global batch must split evenly over devices={c.devices}: use a multiple of {c.devices}")
+    need(c.parallel in PARALLEL_MODES, "parallel", f"choose one of {', '.join(PARALLEL_MODES)}")
     for key in ("log_every", "plot_every", "ckpt_every", "keep_checkpoints"):
         need(getattr(c, key) >= 1, key, "must be >= 1")
     _validate_diag(c, need)

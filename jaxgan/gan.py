@@ -89,7 +89,11 @@ class GAN:
     ``unroll_first_order`` stops the gradient through those updates; ``unroll_remat`` wraps the
     unrolled update in ``jax.checkpoint``. ``axis_name`` names the device axis when the steps
     run under ``pmap``/``shard_map``: gradients, metrics and (if ``sync_model_state``) batch
-    statistics are averaged over it. ``ema_decay`` keeps an EMA of G's params in the state.
+    statistics are averaged over it. ``batch_sharding`` is for the other way to go parallel,
+    ``jax.jit`` over a mesh with the state replicated: the sharding of per-example arrays
+    ``[B]`` (e.g. ``NamedSharding(mesh, P('data'))`` on a mesh with Auto axes), so the drawn
+    latents, noise and data are split across devices and the compiler inserts the reductions.
+    ``ema_decay`` keeps an EMA of G's params in the state.
     ``skip_nonfinite`` discards an update whose loss, gradient or new params are not finite
     (the metrics ``d_nonfinite``/``g_nonfinite`` flag it either way).
     """
@@ -107,6 +111,7 @@ class GAN:
     ema_decay: float | None = None
     axis_name: str | None = None
     sync_model_state: bool = True
+    batch_sharding: Any = None
     skip_nonfinite: bool = False
 
     def __post_init__(self):
@@ -121,6 +126,11 @@ class GAN:
             )
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None (got {self.ema_decay!r})")
+        if self.axis_name is not None and self.batch_sharding is not None:
+            raise ValueError(
+                "set axis_name (the step runs per device under pmap/shard_map) or batch_sharding "
+                "(the step runs on the global batch under jax.jit over a mesh), not both"
+            )
         if not isinstance(self.penalties, tuple):
             object.__setattr__(self, "penalties", tuple(self.penalties))
         for p in self.penalties:
@@ -138,7 +148,17 @@ class GAN:
         ids = jnp.arange(n, dtype=jnp.uint32)
         if self.axis_name is not None:
             ids = ids + jax.lax.axis_index(self.axis_name).astype(jnp.uint32) * n
+        if self.batch_sharding is not None:
+            ids = jax.lax.with_sharding_constraint(ids, self.batch_sharding)
         return ids
+
+    def _device_key(self, key: Array) -> Array:
+        """A network's key for this device: under ``axis_name`` each device draws its own
+        dropout masks (they are drawn per batch, not per example, so they cannot be keyed by
+        global example index; without this every device would reuse the same mask)."""
+        if self.axis_name is None:
+            return key
+        return jax.random.fold_in(key, jax.lax.axis_index(self.axis_name))
 
     def latents(self, key: Array, ids: Array) -> Array:
         """Standard-normal latents ``[len(ids), latent_dim]``; row i is a function of (key, ids[i])."""
@@ -238,7 +258,7 @@ class GAN:
             y = p.targets(y, jax.random.fold_in(k_tgt, i), ids)
         real_in = self._perturb(real, jax.random.fold_in(k_noise, 0), ids, t)
         fake_in = self._perturb(fake, jax.random.fold_in(k_noise, 1), ids, t)
-        k_real, k_fake, k_pen_net = jax.random.split(k_net, 3)
+        k_real, k_fake, k_pen_net = jax.random.split(self._device_key(k_net), 3)
         # Two passes, as in the reference DCGAN: batch norm sees a real batch and a fake batch.
         real_logits, ms = self._discriminate(d_params, d_model_state, real_in, k_real, True)
         fake_logits, ms = self._discriminate(d_params, ms, fake_in, k_fake, True)
@@ -284,7 +304,7 @@ class GAN:
         n = real.shape[0]
         ids = self.example_ids(n)
         k_z, k_g, k_loss = jax.random.split(key, 3)
-        fake, _ = self._generate(g_params, g_model_state, self.latents(k_z, ids), k_g, True)
+        fake, _ = self._generate(g_params, g_model_state, self.latents(k_z, ids), self._device_key(k_g), True)
         grad_fn = jax.value_and_grad(self._d_loss, has_aux=True)
         (loss, aux), grads = grad_fn(d.params, d.model_state, real, fake, k_loss, ids, d.count)
         grads = self._pmean(grads)
@@ -297,7 +317,8 @@ class GAN:
             params = p.project(params)
         new = PlayerState(params, model_state, opt_state, d.count + 1)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # The global loss, so every device takes the same keep-or-skip decision.
+        finite = jnp.isfinite(self._pmean(loss)) & jnp.isfinite(grad_norm)
         if self.skip_nonfinite:
             finite = finite & jnp.isfinite(optax.tree.norm(params))
         new = self._finite_update(d, new, finite)
@@ -309,7 +330,7 @@ class GAN:
             "d_grad_norm": grad_norm,
             "d_nonfinite": 1.0 - finite.astype(jnp.float32),
             "real_label_mean": aux["real_label_mean"],
-            "diversity": scores_lib.diversity(real, fake),
+            "diversity": scores_lib.diversity(real, fake, self.axis_name),
             **scores_lib.game_scores(self.loss, aux["real_logits"], aux["fake_logits"]),
             **aux["terms"],
         }
@@ -327,6 +348,7 @@ class GAN:
         n_batches, n = reals.shape[0], reals.shape[1]
         ids = self.example_ids(n)
         k_z, k_g, k_d, k_noise, k_unroll = jax.random.split(key, 5)
+        k_g, k_d = self._device_key(k_g), self._device_key(k_d)
         z = self.latents(k_z, ids)
 
         def loss_fn(g_params):
@@ -356,7 +378,8 @@ class GAN:
         params = optax.apply_updates(g.params, updates)
         new = PlayerState(params, g_state, opt_state, g.count + 1)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # The global loss, so every device takes the same keep-or-skip decision.
+        finite = jnp.isfinite(self._pmean(loss)) & jnp.isfinite(grad_norm)
         if self.skip_nonfinite:
             finite = finite & jnp.isfinite(optax.tree.norm(params))
         new = self._finite_update(g, new, finite)

@@ -4,12 +4,17 @@ config -> (GAN, data) -> compiled chunks of rounds -> metrics -> logs, plots, ch
 The loop dispatches chunk k+1 before it reads chunk k's metrics, so host work overlaps device
 work; it syncs only at plot and checkpoint boundaries (and first checks the chunk was finite, so
 a checkpoint never holds NaNs).
+
+Devices (:mod:`jaxgan.parallel`): the chunk runs on ``config.devices`` devices (0: all local
+ones) in ``config.parallel`` mode; checkpoints, observers and plots always see the unreplicated
+state, so a run saved on n devices resumes on any other count. In a multi-process run every
+process runs this loop (checkpoints are collective, orbax writes them once), process 0 alone
+writes logs, plots and summaries, and a stop (signal, observer) is agreed by all processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import signal
 import time
@@ -19,11 +24,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxgan import build, diagnose, rundir, viz
+from jaxgan import build, diagnose, parallel, rundir, viz
 from jaxgan.checkpoint import Checkpointer
 from jaxgan.configs import Config
 from jaxgan.gan import GAN, GANState
-from jaxgan.runner import train_chunk
 
 NAN_CAUSES = (
     "a learning rate too high for this loss (lower g_lr/d_lr), an unbounded loss such as "
@@ -207,42 +211,52 @@ def train(
 
     ``observers=None`` uses :func:`default_observers` (diagnosis and TensorBoard, as the config
     says); pass ``()`` for none."""
-    resuming = rundir.prepare(out, config)
+    plan = parallel.plan(config.parallel, config.devices)
+    plan.local_batch(config.batch_size)  # refuse a batch that does not split, before any work
+    main = parallel.is_main_process()
+    if not main:  # one process writes the run directory, the others only checkpoint with it
+        echo, progress, observers = (lambda _msg: None), False, ()
+    resuming = rundir.prepare(out, config) if main else False
     if observers is None:
         observers = default_observers(config)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxgan: run directory ready")
     run = Run.from_config(config)
-    gan, total = run.gan, config.steps
+    total = config.steps
     state = run.init_state()
     ckpt = Checkpointer(os.path.join(out, rundir.CHECKPOINTS), keep=config.keep_checkpoints)
     start = 0
-    if resuming:
-        if ckpt.latest_step() is not None:
-            state, record = ckpt.restore(state)
-            start = int(record["step"])
-            echo(f"jaxgan: resuming {out} from step {start} (target {total})")
-        else:
-            echo(f"jaxgan: {out} has this config but no checkpoint yet; starting from step 0")
-        rundir.update_config(out, config)
+    using = plan.describe()
+    if ckpt.latest_step() is not None:
+        state, record = ckpt.restore(plan.restore_target(state))
+        start = int(record["step"])
+        echo(f"jaxgan: resuming {out} from step {start} (target {total}), {using}")
+    elif resuming:
+        echo(f"jaxgan: {out} has this config but no checkpoint yet; starting from step 0, {using}")
     else:
         echo(f"jaxgan: training {config.preset} into {out} ({total} steps, {jax.device_count()} "
-             f"{jax.devices()[0].platform} device(s) visible, using 1)")
+             f"{jax.devices()[0].platform} device(s) visible, {using})")
+    if resuming:
+        rundir.update_config(out, config)
     if start >= total:
         echo(f"jaxgan: {out} is already at step {start} >= --steps {total}; raise --steps to train on")
         ckpt.close()
         return RunResult(out, state, start, start, 0.0, 0.0, {})
     for obs in observers:
         obs.on_start(run, out, start)
+    state = plan.place(state)  # the unreplicated state -> this mode's layout
 
     chunk_fns: dict[int, Callable] = {}
 
     def chunk_fn(n: int):
         if n not in chunk_fns:
-            fn = functools.partial(train_chunk, gan, run.source, local_batch=config.batch_size, rounds=n)
-            chunk_fns[n] = jax.jit(fn, donate_argnums=0)
+            chunk_fns[n] = plan.train_chunk(run.gan, run.source, config.batch_size, n)
         return chunk_fns[n]
 
     n_plot = 1000 if run.example_shape == (2,) else 64
-    sample_fn = jax.jit(lambda s, k: gan.sample(s, k, n_plot))
+    sample_fn = jax.jit(lambda s, k: run.gan.sample(s, k, n_plot))
     metrics_path = os.path.join(out, rundir.METRICS)
     frames: list = []
     step = start
@@ -263,11 +277,12 @@ def train(
             bad_step, player = bad
             who = {"d": "discriminator", "g": "generator"}[player]
             row = {k: float(v[bad_step - first_step - 1]) for k, v in metrics.items()}
-            rundir.append_jsonl(metrics_path, [{"step": bad_step, **row}])
-            rundir.append_jsonl(_events_path(out), [{
-                "step": bad_step, "kind": "nan", "evidence": {"player": who},
-                "remedies": list(diagnose.REMEDIES["nan"]),
-            }])
+            if main:
+                rundir.append_jsonl(metrics_path, [{"step": bad_step, **row}])
+                rundir.append_jsonl(_events_path(out), [{
+                    "step": bad_step, "kind": "nan", "evidence": {"player": who},
+                    "remedies": list(diagnose.REMEDIES["nan"]),
+                }])
             raise NonFiniteError(
                 f"step {bad_step}: the {who} update produced NaN/Inf (likely {NAN_CAUSES}); "
                 f"stopped, the last good checkpoint in {os.path.join(out, rundir.CHECKPOINTS)} is kept"
@@ -278,6 +293,8 @@ def train(
         # say what fraction was skipped): one round's batch is too noisy to read the game from.
         last = {k: _chunk_mean(v) for k, v in metrics.items()}
         row_step = first_step + n
+        if not main:
+            return
         rundir.append_jsonl(metrics_path, [{"step": row_step, **last}])
         for obs in observers:
             _emit(out, obs.on_metrics(row_step, last), say)
@@ -290,6 +307,7 @@ def train(
         bar.update(row_step - bar.n)
 
     def boundary(step: int, state: GANState, ckpt_due: bool, plot_due: bool) -> None:
+        state = plan.unplace(state)  # observers, checkpoints and plots see one unreplicated copy
         extra: dict[str, float] = {}
         for obs in observers:
             extra.update(obs.on_checkpoint(step, state))
@@ -297,9 +315,9 @@ def train(
             rundir.append_jsonl(metrics_path, [{"step": step, **extra}])
             for obs in observers:  # every logged row reaches the observers, these too
                 _emit(out, obs.on_metrics(step, extra), say)
-        if ckpt_due:
-            ckpt.save(step, state, {"step": step, "config": dataclasses.asdict(config)})
-        if plot_due:
+        if ckpt_due:  # the unreplicated state resumes on any number of devices
+            ckpt.save(step, plan.for_checkpoint(state), {"step": step, "config": dataclasses.asdict(config)})
+        if plot_due and main:
             _plot(run, out, state, step, sample_fn, frames)
 
     with _Signals() as signals:
@@ -315,6 +333,8 @@ def train(
                 stop_reason = signals.received or next(
                     (r for r in (obs.should_stop() for obs in observers) if r), None
                 )
+                if parallel.agree(stop_reason is not None) and stop_reason is None:
+                    stop_reason = "another process stopped"
                 plot_due = step % config.plot_every == 0 or step == total or stop_reason is not None
                 ckpt_due = step % config.ckpt_every == 0 or step == total or stop_reason is not None
                 if plot_due or ckpt_due:
@@ -330,14 +350,17 @@ def train(
             bar.close()
             ckpt.wait()
             ckpt.close()
+    state = plan.unplace(state)
     for obs in observers:
         obs.on_end(step, state)
     wall = time.perf_counter() - t0
     rate = (step - start) / wall if wall > 0 else 0.0
-    rundir.write_json(os.path.join(out, rundir.SUMMARY), {
-        "start_step": start, "final_step": step, "wall_s": round(wall, 3),
-        "steps_per_s": round(rate, 2), "skipped_updates": skipped, "stopped_by": stop_reason, **last,
-    })
+    if main:
+        rundir.write_json(os.path.join(out, rundir.SUMMARY), {
+            "start_step": start, "final_step": step, "wall_s": round(wall, 3),
+            "steps_per_s": round(rate, 2), "skipped_updates": skipped, "stopped_by": stop_reason,
+            "devices": plan.num_devices, "parallel": plan.mode, **last,
+        })
     if interrupted:
         echo(f"jaxgan: received {signals.received}; saved a checkpoint at step {step}. Resume with: "
              f"jaxgan train --out {out} --steps {total}")

@@ -40,27 +40,45 @@ def game_scores(loss: losses_lib.Loss, real_logits: Array, fake_logits: Array) -
     return out
 
 
-def mean_pairwise_distance(x: Array) -> Array:
+def mean_pairwise_distance(x: Array, axis_name: str | None = None) -> Array:
     """Mean Euclidean distance over distinct pairs of rows of ``x: [B, ...]`` (B >= 2).
 
     Rows are centred first (distances do not change): the Gram-matrix form |a|^2 + |b|^2 - 2ab
     cancels catastrophically in float32 when near-identical rows sit far from the origin, which
-    is exactly a collapsed generator's output."""
+    is exactly a collapsed generator's output.
+
+    Under ``pmap``/``shard_map`` with ``axis_name``, ``x`` is this device's share of a global
+    batch and the mean runs over all pairs of the global batch (each device takes the pairs
+    that start in its rows, centred on the global mean), so the value does not depend on how
+    the batch is split.
+    """
     flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
-    flat = flat - jnp.mean(flat, axis=0, keepdims=True)
-    sq = jnp.sum(flat * flat, axis=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T
+    centre = jnp.mean(flat, axis=0, keepdims=True)
+    if axis_name is not None:
+        centre = jax.lax.pmean(centre, axis_name)
+    flat = flat - centre
     n = flat.shape[0]
-    off_diagonal = 1.0 - jnp.eye(n, dtype=flat.dtype)
+    row_ids = jnp.arange(n)
+    every = flat
+    if axis_name is not None:
+        every = jax.lax.all_gather(flat, axis_name, tiled=True)
+        row_ids = row_ids + jax.lax.axis_index(axis_name) * n
+    total = every.shape[0]
+    d2 = jnp.sum(flat * flat, axis=1)[:, None] + jnp.sum(every * every, axis=1)[None, :] - 2.0 * flat @ every.T
+    off_diagonal = (row_ids[:, None] != jnp.arange(total)[None, :]).astype(flat.dtype)
     # sqrt of a clipped value, with a zero-safe gradient (the diagonal is masked out anyway).
     dist = jnp.sqrt(jnp.maximum(d2, 0.0) * off_diagonal + (1.0 - off_diagonal))
-    return jnp.sum(dist * off_diagonal) / (n * (n - 1))
+    pair_sum = jnp.sum(dist * off_diagonal)
+    if axis_name is not None:
+        pair_sum = jax.lax.psum(pair_sum, axis_name)
+    return pair_sum / (total * (total - 1))
 
 
-def diversity(real: Array, fake: Array) -> Array:
+def diversity(real: Array, fake: Array, axis_name: str | None = None) -> Array:
     """Batch diversity: mean pairwise distance among fakes over the same among reals.
 
     About 1 when the generator spreads like the data; well below 1 under mode collapse
-    (many near-identical outputs from different latents). ``real, fake: [B, ...]``.
+    (many near-identical outputs from different latents). ``real, fake: [B, ...]`` (this
+    device's share of the global batch when ``axis_name`` is set).
     """
-    return mean_pairwise_distance(fake) / jnp.maximum(mean_pairwise_distance(real), 1e-12)
+    return mean_pairwise_distance(fake, axis_name) / jnp.maximum(mean_pairwise_distance(real, axis_name), 1e-12)
