@@ -57,12 +57,27 @@ def describe_mismatch(saved: PyTree, expected: PyTree, limit: int = 8) -> str:
 
 
 class Checkpointer:
-    """Save and restore a run's checkpoints under ``directory`` (keeps the last ``keep``)."""
+    """Save and restore a run's checkpoints under ``directory`` (keeps the last ``keep``).
 
-    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True):
+    In a multi-process run orbax's saves are collective: every process calls :meth:`save` with
+    the same global arrays. ``process_local=True`` is for a checkpointer only this process uses
+    (e.g. an observer, which runs on process 0 alone): orbax then synchronises with no other
+    process, and the state is saved from host memory (orbax will not save another process's
+    single-device arrays). With one process it changes nothing.
+    """
+
+    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True, process_local: bool = False):
         self.directory = os.path.abspath(directory)
+        self._local = process_local and jax.process_count() > 1
+        extra = {}
+        if self._local:
+            os.makedirs(self.directory, exist_ok=True)  # orbax cannot create it for a subset of processes
+            me = jax.process_index()
+            extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me}
+            )
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
+            max_to_keep=keep, create=not self._local, enable_async_checkpointing=asynchronous, **extra
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -78,10 +93,14 @@ class Checkpointer:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(to_saveable(state)), record=ocp.args.JsonSave(record)
+                state=ocp.args.StandardSave(self._saveable(state)), record=ocp.args.JsonSave(record)
             ),
             force=True,
         )
+
+    def _saveable(self, state: PyTree) -> PyTree:
+        saveable = to_saveable(state)
+        return jax.device_get(saveable) if self._local else saveable
 
     def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
         """Checkpoint ``step`` (default: latest) restored into the structure of ``like``."""

@@ -830,7 +830,9 @@ class DiagnosisObserver:
 
             # Synchronous: best saves are rare, and nothing is left half-written if the run then
             # stops on a NaN (the loop does not call on_end on an exception).
-            self._own_ckpt = Checkpointer(os.path.join(self._out, BEST_DIR), keep=1, asynchronous=False)
+            # process_local: in a multi-process run observers run on process 0 alone.
+            self._own_ckpt = Checkpointer(os.path.join(self._out, BEST_DIR), keep=1, asynchronous=False,
+                                          process_local=True)
         config = self.config
         if dataclasses.is_dataclass(config):
             record["config"] = dataclasses.asdict(config)
