@@ -47,15 +47,27 @@ def load_array(path: str) -> ArraySource:
     """A ``.npy`` array of real examples ``[N, ...]``, checked on load."""
     if not os.path.isfile(path):
         raise checks.DataError(f"dataset file {path!r} does not exist: pass an existing .npy file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise checks.DataError(
+            f"{path!r} is not a .npy file (no .npy header{'; it is empty' if not magic else ''}): "
+            "save the array [N, ...] with np.save"
+        )
     try:
         data = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        raise checks.DataError(f"cannot read {path!r} as a numpy array ({err}): save it with np.save") from None
-    if data.ndim < 2 or data.shape[0] < 2:
+    except (ValueError, EOFError, OSError) as err:
         raise checks.DataError(
-            f"dataset {path!r} has shape {data.shape}: it needs [N, ...] with N >= 2 examples"
-        )
-    checks.check_batch(data, data.shape[1:], what=f"dataset {path!r}")
+            f"cannot read {path!r} as a numpy array ({err or type(err).__name__}): save it with np.save"
+        ) from None
+    if not isinstance(data, np.ndarray):  # e.g. an .npz archive under a .npy name
+        raise checks.DataError(f"{path!r} is not a single .npy array: save one array [N, ...] with np.save")
+    what = f"dataset {path!r}"
+    if data.ndim < 2 or data.shape[0] < 2:
+        raise checks.DataError(f"{what} has shape {data.shape}: it needs [N, ...] with N >= 2 examples")
+    checks.check_batch(data, data.shape[1:], what=what)
+    checks.check_image_layout(data.shape[1:], what=what)
+    checks.check_range(data, what=what)
     return ArraySource(name=os.path.basename(path), data=data.astype(np.float32))
 
 

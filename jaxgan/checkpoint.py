@@ -1,21 +1,64 @@
-"""Checkpoints of a run with orbax's ``CheckpointManager``.
+"""Checkpoints of a run, over orbax's ``CheckpointManager``.
 
-A checkpoint holds the full :class:`~jaxgan.gan.GANState` (typed PRNG keys are stored as their
-raw key data) and a JSON record (the config, the step, and anything the loop needs to resume
-exactly). Orbax writes each checkpoint to a temporary directory and renames it when complete,
-so a crash mid-save leaves the previous checkpoint intact.
+A checkpoint ``<directory>/<step>/`` holds two items:
+
+* ``state``: the full :class:`~jaxgan.gan.GANState` (both players' params, model state and
+  optimizer state, the EMA params, the step and the PRNG key). Typed PRNG keys are stored as
+  their raw ``uint32`` key data and re-wrapped on restore.
+* ``record``: a JSON dict the caller chooses. The loop writes the step, the config, the data
+  stream's position (``"data"``, see :mod:`jaxgan.loop`), the metrics at the save, and counters
+  such as the number of skipped non-finite updates.
+
+Guarantees:
+
+* Atomic. Orbax writes a checkpoint into ``<step>.orbax-checkpoint-tmp-*`` and renames it to
+  ``<step>`` once every file is written, so a process killed at any moment (SIGKILL included)
+  leaves only complete checkpoints under step names. :meth:`Checkpointer.latest_step` lists only
+  those; the temporary leftovers are deleted when a writable :class:`Checkpointer` next opens
+  the directory.
+* Asynchronous. :meth:`Checkpointer.save` copies the arrays to host memory and returns; the
+  files are written by a background thread while training continues (:meth:`~Checkpointer.wait`
+  blocks until they are on disk; :meth:`~Checkpointer.close` waits too). JAX refuses to donate a
+  buffer that a host copy still views, so a donated next step cannot corrupt a save in flight.
+* Retention: the last ``keep`` checkpoints, plus the ``keep_best`` best by ``best_metric``
+  (``best_mode`` ``"min"`` or ``"max"``) among the checkpoints saved with that metric.
+* Clear refusals. Restoring into a model whose leaves differ (names, shapes or dtypes) raises
+  :class:`CheckpointError` naming the differing leaves, checked against the checkpoint's
+  metadata before any array is read; a damaged checkpoint raises :class:`CheckpointError`
+  naming the step, the file's directory and the earlier steps to fall back on.
+
+Device-count contract (pmap / jit / shard_map):
+
+* Save the **unreplicated** state: one copy of each leaf, without a leading device axis. A
+  pmapped loop calls ``jaxgan.parallel.unreplicate(state)`` first (:meth:`Checkpointer.save`
+  refuses a state whose ``step`` is not a scalar, the sign of a replicated state). A state
+  placed with ``jax.sharding.NamedSharding`` (the jit path) may be saved as it is: orbax writes
+  each array once whatever its sharding.
+* :meth:`Checkpointer.restore` places every leaf like the matching leaf of ``like``. Pass a
+  fresh single-device state and replicate the result afterwards (pmap: ``parallel.replicate``),
+  or pass a ``like`` already laid out on a mesh to restore straight onto it. The checkpoint
+  holds no device count, so a run saved with n devices restores on m devices.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
 
 PyTree = Any
+
+STATE = "state"
+RECORD = "record"
+CHECKSUMS = "checksums"
 
 
 class CheckpointError(RuntimeError):
@@ -40,24 +83,78 @@ def from_saveable(saved: PyTree, like: PyTree) -> PyTree:
     )
 
 
-def describe_mismatch(saved: PyTree, expected: PyTree, limit: int = 8) -> str:
-    """The leaves whose path or shape differ between two pytrees of arrays, in words."""
-    a = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(saved)}
-    b = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(expected)}
+def leaf_specs(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"g.params.Dense_0.kernel": (shape, dtype)}`` for every leaf of ``tree``.
+
+    Paths are spelled the same for a live state (dataclass fields, named tuples) and for orbax's
+    metadata tree of a saved one (dicts and lists), so the two can be compared leaf by leaf.
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
+        dtype = getattr(leaf, "dtype", None)
+        out[name] = (shape, str(np.dtype(dtype)) if dtype is not None else "?")
+    return out
+
+
+def describe_mismatch(saved: PyTree, expected: PyTree, limit: int = 6) -> str:
+    """The leaves whose name, shape or dtype differ between two pytrees, in words ("" if none).
+
+    ``saved`` may be a pytree of arrays or orbax's metadata tree of a checkpoint. Parameters are
+    listed first: they say most plainly which layer changed.
+    """
+    a, b = leaf_specs(saved), leaf_specs(expected)
     lines = []
-    for path in sorted(set(a) | set(b)):
+    for path in sorted(set(a) | set(b), key=lambda p: (".params." not in f".{p}.", p)):
         if path not in a:
-            lines.append(f"{path}: missing in checkpoint (run expects {b[path]})")
+            lines.append(f"{path}: missing in checkpoint (this model has {_spec(b[path])})")
         elif path not in b:
-            lines.append(f"{path}: in checkpoint {a[path]} but not in this model")
+            lines.append(f"{path}: in checkpoint {_spec(a[path])}, not in this model")
         elif a[path] != b[path]:
-            lines.append(f"{path}: checkpoint {a[path]} vs this model {b[path]}")
+            lines.append(f"{path}: checkpoint {_spec(a[path])} vs this model {_spec(b[path])}")
     more = f" (and {len(lines) - limit} more)" if len(lines) > limit else ""
     return "; ".join(lines[:limit]) + more
 
 
+def checksums(tree: PyTree) -> dict[str, int]:
+    """CRC-32 of each leaf's bytes, by leaf path: detects a damaged file that still parses
+    (orbax's chunks carry no checksum, so a flipped bit would otherwise restore silently)."""
+    host = jax.device_get(tree)
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="."): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
+        for path, leaf in jax.tree_util.tree_leaves_with_path(host)
+    }
+
+
+def _fully_addressable(tree: PyTree) -> bool:
+    return all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree))
+
+
+def _spec(spec: tuple[tuple[int, ...], str]) -> str:
+    shape, dtype = spec
+    return f"{dtype}{list(shape)}"
+
+
+def _finite_number(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _quiet_read_only(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
 class Checkpointer:
-    """Save and restore a run's checkpoints under ``directory`` (keeps the last ``keep``).
+    """Save and restore the checkpoints of one run under ``directory``.
+
+    Keeps the last ``keep`` checkpoints and, when ``best_metric`` is given, also the
+    ``keep_best`` best by that metric (``best_mode``: ``"min"`` or ``"max"``; the value comes
+    from the ``metrics`` passed to :meth:`save`). ``read_only`` opens a run without creating,
+    cleaning or deleting anything (for ``jaxgan sample`` and evaluation).
 
     In a multi-process run orbax's saves are collective: every process calls :meth:`save` with
     the same global arrays. ``process_local=True`` is for a checkpointer only this process uses
@@ -66,71 +163,242 @@ class Checkpointer:
     single-device arrays). With one process it changes nothing.
     """
 
-    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True, process_local: bool = False):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int = 3,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        keep_best: int = 1,
+        asynchronous: bool = True,
+        read_only: bool = False,
+        process_local: bool = False,
+    ):
+        if keep < 1:
+            raise ValueError(f"keep={keep}: keep at least the latest checkpoint")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode={best_mode!r}: choose 'min' or 'max'")
         self.directory = os.path.abspath(directory)
+        self.best_metric = best_metric or None
+        self.best_mode = best_mode
         self._local = process_local and jax.process_count() > 1
-        extra = {}
+        extra: dict[str, Any] = {}
         if self._local:
-            os.makedirs(self.directory, exist_ok=True)  # orbax cannot create it for a subset of processes
+            if not read_only:
+                os.makedirs(self.directory, exist_ok=True)  # orbax cannot create it for a subset of processes
             me = jax.process_index()
             extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
                 primary_host=me, active_processes={me}
             )
+        policies: list[Any] = [ocm.LatestN(n=keep)]
+        if self.best_metric is not None:
+            policies.append(
+                ocm.BestN(
+                    get_metric_fn=self._metric_of,
+                    reverse=best_mode == "min",  # BestN keeps the last n after sorting
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not self._local, enable_async_checkpointing=asynchronous, **extra
+            save_interval_steps=0 if read_only else 1,
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
+            # best_fn only makes orbax write each checkpoint's metrics to disk (and read them back
+            # when a resumed run reopens the directory); retention is the policy above.
+            best_fn=self._metric_of if self.best_metric is not None else None,
+            best_mode=best_mode,
+            create=not read_only and not self._local,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=asynchronous,
+            **extra,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        absl_log = logging.getLogger("absl")
+        absl_log.addFilter(_quiet_read_only)  # orbax warns on every read-only open
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_handlers={
+                    STATE: ocp.StandardCheckpointHandler(),
+                    RECORD: ocp.JsonCheckpointHandler(),
+                    CHECKSUMS: ocp.JsonCheckpointHandler(),
+                },
+            )
+        finally:
+            absl_log.removeFilter(_quiet_read_only)
+
+    def _metric_of(self, metrics: Mapping[str, Any]) -> float:
+        value = _finite_number((metrics or {}).get(self.best_metric))
+        if value is None:  # never the best
+            return math.inf if self.best_mode == "min" else -math.inf
+        return value
+
+    # ------------------------------------------------------------------ queries
 
     def latest_step(self) -> int | None:
+        """The newest complete checkpoint (temporary, unfinished ones never count)."""
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: PyTree, record: dict[str, Any]) -> None:
-        """Start saving ``state`` and ``record`` as checkpoint ``step`` (returns before the write
-        finishes when asynchronous; :meth:`wait` blocks until it is on disk)."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(self._saveable(state)), record=ocp.args.JsonSave(record)
-            ),
-            force=True,
+    def metrics(self, step: int) -> dict[str, Any] | None:
+        """The metrics given to :meth:`save` for ``step`` (None if none were)."""
+        return self._manager.metrics(step)
+
+    def best_step(self) -> int | None:
+        """The kept checkpoint with the best ``best_metric`` (None without a metric or values)."""
+        if self.best_metric is None:
+            return None
+        scored = [
+            (value, step)
+            for step in self.all_steps()
+            if (value := _finite_number((self.metrics(step) or {}).get(self.best_metric))) is not None
+        ]
+        if not scored:
+            return None
+        pick = min if self.best_mode == "min" else max
+        return pick(scored, key=lambda vs: (vs[0], -vs[1]))[1]
+
+    # ------------------------------------------------------------------ save
+
+    def save(
+        self,
+        step: int,
+        state: PyTree,
+        record: dict[str, Any],
+        *,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Start saving ``state`` and the JSON ``record`` as checkpoint ``step``.
+
+        Returns once the arrays are copied to host memory (asynchronous mode); :meth:`wait`
+        blocks until the files are complete. ``state`` must be unreplicated (see the module
+        doc). ``metrics`` (scalars) are stored with the checkpoint for keep-best retention.
+        A step that is already saved is left as it is.
+        """
+        step_leaf = getattr(state, "step", None)
+        if step_leaf is not None and np.ndim(step_leaf) != 0:
+            raise ValueError(
+                f"the state's step has shape {np.shape(step_leaf)}: this looks like a replicated "
+                "state with a leading device axis; save jaxgan.parallel.unreplicate(state) instead"
+            )
+        if step in self._manager.all_steps():
+            return
+        clean = None
+        if metrics is not None:
+            clean = {k: v for k, v in ((k, _finite_number(v)) for k, v in metrics.items()) if v is not None}
+        saveable = to_saveable(state)
+        if self._local:
+            saveable = jax.device_get(saveable)
+        items = {STATE: ocp.args.StandardSave(saveable), RECORD: ocp.args.JsonSave(record)}
+        if _fully_addressable(saveable):  # a multi-host sharded state is checked by orbax alone
+            items[CHECKSUMS] = ocp.args.JsonSave(checksums(saveable))
+        self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean or None, force=True)
+
+    # ------------------------------------------------------------------ restore
+
+    def _unreadable(self, step: int, err: BaseException) -> CheckpointError:
+        earlier = [s for s in self.all_steps() if s < step]
+        way_out = (
+            f"delete {os.path.join(self.directory, str(step))} to resume from step {earlier[-1]}"
+            if earlier
+            else "start a new run (no earlier checkpoint is kept)"
+        )
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        return CheckpointError(
+            f"checkpoint {step} in {self.directory} is damaged or incomplete ({type(err).__name__}: "
+            f"{reason}): {way_out}"
         )
 
-    def _saveable(self, state: PyTree) -> PyTree:
-        saveable = to_saveable(state)
-        return jax.device_get(saveable) if self._local else saveable
+    def _step(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(f"no checkpoint in {self.directory}")
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint {step} in {self.directory}; it holds steps {steps or 'none'}"
+            )
+        return step
+
+    def read_record(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON record of checkpoint ``step`` (default: latest), without reading arrays."""
+        step = self._step(step)
+        try:
+            record = self._manager.restore(step, args=ocp.args.Composite(**{RECORD: ocp.args.JsonRestore()}))[RECORD]
+        except Exception as err:  # orbax raises many types; say which checkpoint and the way out
+            raise self._unreadable(step, err) from err
+        if not isinstance(record, dict):
+            raise self._unreadable(step, TypeError(f"record is {type(record).__name__}, not a JSON object"))
+        return record
+
+    def check_fits(self, like: PyTree, step: int | None = None) -> None:
+        """Raise :class:`CheckpointError` naming the leaves where checkpoint ``step`` and
+        ``like`` differ in name, shape or dtype (read from metadata; no array is loaded)."""
+        step = self._step(step)
+        try:
+            saved = self._manager.item_metadata(step)[STATE]
+        except Exception as err:
+            raise self._unreadable(step, err) from err
+        if saved is None:
+            raise self._unreadable(step, FileNotFoundError("no state metadata"))
+        mismatch = describe_mismatch(saved, to_saveable(like))
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} was written by a different model: {mismatch}"
+            )
 
     def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
-        """Checkpoint ``step`` (default: latest) restored into the structure of ``like``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+        """Checkpoint ``step`` (default: latest) as ``(state, record)``.
+
+        The state takes the structure, dtypes and placement (sharding) of ``like``, e.g. a
+        freshly initialised state of the same model.
+        """
+        step = self._step(step)
+        record = self.read_record(step)
+        self.check_fits(like, step)
         target = to_saveable(like)
         try:
-            record = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore())).record
-        except Exception as err:  # orbax raises many types; say which file and why
-            raise CheckpointError(f"checkpoint {step} in {self.directory} is unreadable: {err}") from err
-        try:
             saved = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-            ).state
+                step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
+            )[STATE]
         except Exception as err:
-            metadata = self._manager.item_metadata(step)
-            shapes = getattr(metadata, "state", None)
-            detail = describe_mismatch(shapes, target) if shapes is not None else ""
-            raise CheckpointError(
-                f"checkpoint {step} in {self.directory} does not fit this model"
-                + (f": {detail}" if detail else f": {err}")
-            ) from err
-        mismatch = describe_mismatch(saved, target)
-        if mismatch:
-            raise CheckpointError(f"checkpoint {step} in {self.directory} does not fit this model: {mismatch}")
+            raise self._unreadable(step, err) from err
+        self._verify(step, saved)
         return from_saveable(saved, like), record
 
+    def _verify(self, step: int, saved: PyTree) -> None:
+        """Compare the restored arrays with the CRC-32s written at save time."""
+        if CHECKSUMS not in (self._manager.item_metadata(step) or {}).keys() or not _fully_addressable(saved):
+            return
+        try:
+            expected = self._manager.restore(step, args=ocp.args.Composite(**{CHECKSUMS: ocp.args.JsonRestore()}))[
+                CHECKSUMS
+            ]
+        except Exception as err:
+            raise self._unreadable(step, err) from err
+        got = checksums(saved)
+        bad = sorted(k for k in set(got) | set(expected or {}) if (expected or {}).get(k) != got.get(k))
+        if bad:
+            raise self._unreadable(
+                step, ValueError(f"the stored values of {', '.join(bad[:4])} fail their checksum")
+            )
+
+    # ------------------------------------------------------------------ lifetime
+
     def wait(self) -> None:
+        """Block until every started save is on disk (and raise if one failed)."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

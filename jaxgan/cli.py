@@ -1,7 +1,13 @@
 """``jaxgan``: train | sample | bench | diagnose.
 
-Errors a user can fix (bad config, bad data, bad run directory) print one line starting with
-``jaxgan: error:`` and exit with status 2, before anything is compiled.
+Errors a user can fix (bad config, bad data, bad run directory, unusable checkpoint) print one
+line starting with ``jaxgan: error:`` and exit with status 2, before anything is compiled.
+Warnings about the data (e.g. images outside [-1, 1]) print one ``jaxgan: warning:`` line each.
+
+Exit status of ``jaxgan train``: 0 trained to ``--steps``; 2 a user error (nothing was written);
+3 stopped on a NaN/Inf update (``nan_policy=stop``; the last good checkpoint is kept);
+75 (EX_TEMPFAIL) interrupted by SIGTERM/SIGINT after saving a checkpoint: run the printed
+``jaxgan train --out DIR`` to resume; 130 interrupted before a checkpoint could be saved.
 """
 
 from __future__ import annotations
@@ -12,12 +18,28 @@ import os
 import platform
 import sys
 import time
+import warnings
 
 from jaxgan import configs, rundir
 from jaxgan.checkpoint import CheckpointError
-from jaxgan.data.checks import DataError
+from jaxgan.data.checks import DataError, DataWarning
 
 USER_ERRORS = (configs.ConfigError, DataError, rundir.RunDirError, CheckpointError)
+EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: try again (resume) later
+EXIT_KEYBOARD = 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Data warnings as one ``jaxgan: warning:`` line; other warnings as Python prints them."""
+    if issubclass(category, DataWarning):
+        print(f"jaxgan: warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, default_preset: str | None) -> None:
@@ -69,18 +91,19 @@ def cmd_train(args) -> int:
     _init_distributed(args)
 
     saved = None
-    if args.out and os.path.isfile(os.path.join(args.out, rundir.CONFIG)) and args.preset is None and not args.set:
-        saved = rundir.load_config(args.out)  # `jaxgan train --out DIR` resumes DIR as it was
+    if args.out and args.preset is None and os.path.isfile(os.path.join(args.out, rundir.CONFIG)):
+        # `jaxgan train --out DIR [--steps N] [--set k=v]` resumes DIR from its saved config.
+        saved = rundir.load_config(args.out)
     if args.preset is None and saved is None:
         args.preset = "ring8"
     config = _config_from_args(args, base=saved)
     out = args.out or _default_out(config.preset)
     try:
-        loop.train(config, out, progress=not args.quiet)
+        result = loop.train(config, out, progress=not args.quiet)
     except loop.NonFiniteError as err:
         print(f"jaxgan: error: {err}", file=sys.stderr)
-        return 3
-    return 0
+        return EXIT_NONFINITE
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def cmd_sample(args) -> int:
@@ -96,11 +119,12 @@ def cmd_sample(args) -> int:
         raise configs.ConfigError(f"-n {args.n}: ask for at least one sample")
     config = rundir.load_config(args.run)
     run = loop.Run.from_config(config)
-    ckpt = Checkpointer(os.path.join(args.run, rundir.CHECKPOINTS), keep=config.keep_checkpoints)
-    if ckpt.latest_step() is None:
-        raise rundir.RunDirError(f"{args.run!r} has no checkpoint yet: train it first (jaxgan train --out {args.run})")
-    state, record = ckpt.restore(run.init_state())
-    ckpt.close()
+    with Checkpointer(os.path.join(args.run, rundir.CHECKPOINTS), read_only=True) as ckpt:
+        if ckpt.latest_step() is None:
+            raise rundir.RunDirError(
+                f"{args.run!r} has no checkpoint yet: train it first (jaxgan train --out {args.run})"
+            )
+        state, record = ckpt.restore(run.init_state())
     samples = np.asarray(jax.jit(lambda s, k: run.gan.sample(s, k, args.n))(state, jax.random.key(args.seed)))
     if args.out.endswith(".npy"):
         np.save(args.out, samples)
@@ -219,11 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except USER_ERRORS as err:
         print(f"jaxgan: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("jaxgan: interrupted; checkpoints already complete are kept", file=sys.stderr)
+        return EXIT_KEYBOARD
+    finally:
+        warnings.showwarning = _python_show_warning
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -62,6 +63,8 @@ class Config:
     plot_every: int = 1000  # rounds between plots and sample pictures
     ckpt_every: int = 1000  # rounds between checkpoints
     keep_checkpoints: int = 3  # how many recent checkpoints to keep
+    keep_best_metric: str = ""  # also keep the best checkpoint by this logged metric (e.g. an eval score)
+    keep_best_mode: str = "min"  # min | max: which end of keep_best_metric is best
     tensorboard: bool = True  # write TensorBoard event files (scalars, samples) to <run>/tensorboard
     # Diagnosis (jaxgan.diagnose): what to do about failure modes, and each detector's threshold.
     # Windows count rounds; a detector judges the window (t - window, t] once t >= warmup + window.
@@ -115,9 +118,13 @@ PENALTY_KEYS = (
 )
 
 # Which config keys may differ between a run's saved config and a resumed one.
-RESUMABLE_CHANGES = frozenset(
-    {"steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "devices", "parallel"}
-)
+# None of them changes the trajectory: how far, how often to log/plot/save, what to keep, how
+# the step is spread over devices, and what to do on a non-finite update (changed to resume a
+# run stopped by one).
+RESUMABLE_CHANGES = frozenset({
+    "steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "keep_best_metric",
+    "keep_best_mode", "devices", "parallel", "nan_policy",
+})
 # Monitoring settings do not change the trajectory either.
 DIAG_KEYS = frozenset({"tensorboard", *(f for f in Config.__dataclass_fields__ if f.startswith("diag"))})
 RESUMABLE_CHANGES = RESUMABLE_CHANGES | DIAG_KEYS
@@ -285,6 +292,9 @@ def validate(c: Config) -> Config:
         if not ok:
             raise ConfigError(f"{key}={getattr(c, key)!r}: {why}")
 
+    for f in dataclasses.fields(c):
+        if isinstance(getattr(c, f.name), float):
+            need(math.isfinite(getattr(c, f.name)), f.name, "must be a finite number")
     need(c.loss in LOSS_NAMES, "loss", f"unknown loss; choose one of {', '.join(LOSS_NAMES)}")
     need(
         c.dataset in DATASETS or c.dataset.endswith(".npy"),
@@ -311,9 +321,13 @@ def validate(c: Config) -> Config:
     need(c.instance_noise_anneal >= 0, "instance_noise_anneal", "must be >= 0")
     need(c.nan_policy in ("stop", "skip"), "nan_policy", "choose stop or skip")
     need(c.devices >= 0, "devices", "must be >= 0 (0: all local devices)")
-    need(c.devices == 0 or c.batch_size % c.devices == 0, "batch_size",
-         f"the global batch must split evenly over devices={c.devices}: use a multiple of {c.devices}")
+    need(
+        c.devices == 0 or c.batch_size % c.devices == 0,
+        "batch_size",
+        f"the global batch must split evenly over devices={c.devices}; use a multiple of {c.devices}",
+    )
     need(c.parallel in PARALLEL_MODES, "parallel", f"choose one of {', '.join(PARALLEL_MODES)}")
+    need(c.keep_best_mode in ("min", "max"), "keep_best_mode", "choose min or max")
     for key in ("log_every", "plot_every", "ckpt_every", "keep_checkpoints"):
         need(getattr(c, key) >= 1, key, "must be >= 1")
     _validate_diag(c, need)

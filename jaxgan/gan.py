@@ -94,8 +94,8 @@ class GAN:
     ``[B]`` (e.g. ``NamedSharding(mesh, P('data'))`` on a mesh with Auto axes), so the drawn
     latents, noise and data are split across devices and the compiler inserts the reductions.
     ``ema_decay`` keeps an EMA of G's params in the state.
-    ``skip_nonfinite`` discards an update whose loss, gradient or new params are not finite
-    (the metrics ``d_nonfinite``/``g_nonfinite`` flag it either way).
+    ``skip_nonfinite`` discards an update whose loss, gradients, new params or new model state
+    hold a NaN/Inf (the metrics ``d_nonfinite``/``g_nonfinite`` flag such an update either way).
     """
 
     generator: Network
@@ -180,6 +180,18 @@ class GAN:
         for i, p in enumerate(self.penalties):
             x = p.perturb(x, jax.random.fold_in(key, i), ids, t)
         return x
+
+    def _all_finite(self, *trees: PyTree) -> Array:
+        """Whether every float element of ``trees`` is finite: a bool scalar, computed on device
+        (elementwise, not via a norm that could overflow) and agreed across ``axis_name``, so
+        every device keeps or discards an update together."""
+        flags = [
+            jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees) if jnp.issubdtype(x.dtype, jnp.inexact)
+        ]
+        finite = jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+        if self.axis_name is not None:
+            finite = jax.lax.pmin(finite.astype(jnp.int32), self.axis_name) > 0
+        return finite
 
     def _finite_update(self, old: PlayerState, new: PlayerState, finite: Array) -> PlayerState:
         if not self.skip_nonfinite:
@@ -317,10 +329,9 @@ class GAN:
             params = p.project(params)
         new = PlayerState(params, model_state, opt_state, d.count + 1)
         grad_norm = optax.tree.norm(grads)
-        # The global loss, so every device takes the same keep-or-skip decision.
-        finite = jnp.isfinite(self._pmean(loss)) & jnp.isfinite(grad_norm)
-        if self.skip_nonfinite:
-            finite = finite & jnp.isfinite(optax.tree.norm(params))
+        if not with_metrics and not self.skip_nonfinite:  # the unrolled lookahead's updates
+            return new, {}
+        finite = self._all_finite(loss, grads, params, model_state)
         new = self._finite_update(d, new, finite)
         if not with_metrics:
             return new, {}
@@ -378,10 +389,7 @@ class GAN:
         params = optax.apply_updates(g.params, updates)
         new = PlayerState(params, g_state, opt_state, g.count + 1)
         grad_norm = optax.tree.norm(grads)
-        # The global loss, so every device takes the same keep-or-skip decision.
-        finite = jnp.isfinite(self._pmean(loss)) & jnp.isfinite(grad_norm)
-        if self.skip_nonfinite:
-            finite = finite & jnp.isfinite(optax.tree.norm(params))
+        finite = self._all_finite(loss, grads, params, g_state)
         new = self._finite_update(g, new, finite)
         metrics = {
             "g_loss": loss,

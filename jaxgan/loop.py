@@ -5,6 +5,18 @@ The loop dispatches chunk k+1 before it reads chunk k's metrics, so host work ov
 work; it syncs only at plot and checkpoint boundaries (and first checks the chunk was finite, so
 a checkpoint never holds NaNs).
 
+Resuming is exact: a checkpoint holds the whole state, and the data of round t is drawn from
+(seed, t) on device, so the step is the data stream's position. A data source that keeps a
+host-side position instead (an input pipeline's iterator) offers two methods, and the loop stores
+the first in each checkpoint's record (``"data"``) and hands it back to the second on resume:
+
+* ``source.position() -> JSON value``: where the stream stands after the last round trained;
+* ``source.restore_position(position) -> None``: make the next batch the one that follows.
+
+Exit paths: SIGTERM/SIGINT between chunks saves a checkpoint and returns ``interrupted=True``
+(the CLI exits 75, EX_TEMPFAIL, printing how to resume); a non-finite update under
+``nan_policy=stop`` raises :class:`NonFiniteError` without saving the broken state.
+
 Devices (:mod:`jaxgan.parallel`): the chunk runs on ``config.devices`` devices (0: all local
 ones) in ``config.parallel`` mode; checkpoints, observers and plots always see the unreplicated
 state, so a run saved on n devices resumes on any other count. In a multi-process run every
@@ -15,7 +27,9 @@ writes logs, plots and summaries, and a stop (signal, observer) is agreed by all
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -25,14 +39,9 @@ import jax
 import numpy as np
 
 from jaxgan import build, diagnose, parallel, rundir, viz
-from jaxgan.checkpoint import Checkpointer
+from jaxgan.checkpoint import Checkpointer, CheckpointError
 from jaxgan.configs import Config
 from jaxgan.gan import GAN, GANState
-
-NAN_CAUSES = (
-    "a learning rate too high for this loss (lower g_lr/d_lr), an unbounded loss such as "
-    "wasserstein without gp or weight_clip, or NaN/Inf in the data"
-)
 
 
 class Observer:
@@ -77,6 +86,8 @@ class RunResult:
     steps_per_s: float
     last_metrics: dict[str, float]
     interrupted: bool = False
+    skipped_updates: int = 0
+    stopped_by: str | None = None
 
 
 @dataclasses.dataclass
@@ -96,7 +107,7 @@ class Run:
 
     def init_state(self) -> GANState:
         example = np.zeros((self.config.batch_size, *self.example_shape), np.float32)
-        return self.gan.init(jax.random.key(self.config.seed), example)
+        return jax.jit(self.gan.init)(jax.random.key(self.config.seed), example)
 
 
 class _Signals:
@@ -133,15 +144,18 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 def _first_nonfinite(metrics: dict[str, np.ndarray], first_step: int) -> tuple[int, str] | None:
-    """(step, player) of the first round whose update was not finite, if any."""
+    """(step, player) of the first non-finite update, if any (in a round D updates first)."""
     flags = []
-    for player in ("d", "g"):
+    for order, player in enumerate(("d", "g")):
         values = metrics.get(f"{player}_nonfinite")
         if values is not None:
             bad = np.flatnonzero(~(np.asarray(values) == 0.0))
             if bad.size:
-                flags.append((first_step + int(bad[0]) + 1, player))
-    return min(flags) if flags else None
+                flags.append((first_step + int(bad[0]) + 1, order, player))
+    if not flags:
+        return None
+    step, _, player = min(flags)
+    return step, player
 
 
 def _chunk_mean(values: np.ndarray) -> float:
@@ -199,6 +213,87 @@ def _emit(out: str, events: list[dict[str, Any]], echo: Callable[[str], None]) -
         echo(f"jaxgan: step {ev['step']}: {what}.{tip}")
 
 
+def _next_boundary(step: int, total: int, config: Config) -> int:
+    """The end of the chunk starting at ``step``: the next multiple of log_every, ckpt_every or
+    plot_every, or ``total`` (so checkpoints land where ckpt_every says, whatever log_every is)."""
+    ends = [(step // every + 1) * every for every in (config.log_every, config.ckpt_every, config.plot_every)]
+    return min([*ends, total])
+
+
+def _likely_cause(config: Config, player: str) -> str:
+    """The likeliest reasons for a non-finite update, read from the config."""
+    causes = []
+    lr = config.d_lr if player == "d" else config.g_lr
+    if lr > 1e-2:
+        causes.append(f"{player}_lr={lr:g} is far above Adam's usual 1e-4..1e-3")
+    if config.loss == "wasserstein" and config.gp == 0 and config.weight_clip == 0:
+        causes.append("the wasserstein critic is unbounded without gp or weight_clip")
+    if not causes:
+        causes.append("learning rates too high for this loss and model (lower g_lr/d_lr), or too strong a penalty")
+    return "; ".join(causes)
+
+
+SKIP_STREAK_LIMIT = 50  # consecutive rounds with every update of a player skipped: stop
+
+
+def _restore_position(source: Any, position: Any, step: int) -> None:
+    """Put a data source with a host-side position back where checkpoint ``step`` left it."""
+    has_restore = hasattr(source, "restore_position")
+    if position is None and has_restore:
+        raise CheckpointError(
+            f"checkpoint {step} holds no data position, but this data source needs one to resume exactly"
+        )
+    if position is not None and not has_restore:
+        raise CheckpointError(
+            f"checkpoint {step} holds a data position ({str(position)[:80]}) that this data source cannot take"
+        )
+    if position is not None:
+        source.restore_position(position)
+
+
+def _resume(
+    run: Run, out: str, ckpt: Checkpointer, state: GANState, echo, main: bool = True, using: str = "1 device"
+) -> tuple[GANState, int, dict]:
+    """Restore the latest checkpoint of ``out`` into the layout of ``state``: ``(state, step,
+    record)`` (record ``{}`` if none). Only the ``main`` process trims the logs."""
+    config = run.config
+    step = ckpt.latest_step()
+    if step is None:
+        if main:
+            rundir.truncate_after(out, 0)
+        echo(f"jaxgan: {out} has this config but no checkpoint yet; starting it from step 0, {using}")
+        return state, 0, {}
+    record = ckpt.read_record(step)
+    try:
+        saved = Config.from_dict(record["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {step} in {ckpt.directory} has no readable config ({err})") from None
+    diffs = rundir.config_differences(saved, config)
+    if diffs:
+        try:
+            ckpt.check_fits(state, step)
+            leaves = ""
+        except CheckpointError as err:
+            leaves = f"; its model differs: {str(err).split(': ', 1)[-1]}"
+        raise CheckpointError(
+            f"checkpoint {step} in {ckpt.directory} was written with another config than "
+            f"{os.path.join(out, rundir.CONFIG)} ({'; '.join(diffs)}){leaves}. The config file was edited "
+            "after the run started: put those values back, or start a new run with another --out"
+        )
+    state, record = ckpt.restore(state, step)
+    if int(jax.device_get(state.step)) != step:
+        raise CheckpointError(
+            f"checkpoint {step} in {ckpt.directory} holds a state at step {int(jax.device_get(state.step))}: "
+            f"delete {os.path.join(ckpt.directory, str(step))} to resume from an earlier checkpoint"
+        )
+    _restore_position(run.source, record.get("data"), step)
+    dropped = rundir.truncate_after(out, step) if main else 0
+    note = f"; dropped {dropped} log rows written after that checkpoint" if dropped else ""
+    echo(f"jaxgan: resuming {out} ({config.preset}) from step {step} (its latest checkpoint), "
+         f"training to step {config.steps}, {using}{note}")
+    return state, step, record
+
+
 def train(
     config: Config,
     out: str,
@@ -209,41 +304,56 @@ def train(
 ) -> RunResult:
     """Train ``config`` into run directory ``out`` (resuming it if it holds this run).
 
+    Everything that can be refused is checked before anything is written or compiled: the run
+    directory (read only), then the data and the model. Checkpoints are saved every
+    ``ckpt_every`` rounds, at the end, and when SIGTERM/SIGINT arrives (the run then stops and
+    prints how to resume). A non-finite update stops the run (``nan_policy=stop``; raises
+    :class:`NonFiniteError`, keeping the last good checkpoint) or is skipped and counted
+    (``nan_policy=skip``).
+
     ``observers=None`` uses :func:`default_observers` (diagnosis and TensorBoard, as the config
-    says); pass ``()`` for none."""
+    says); pass ``()`` for none.
+    """
     plan = parallel.plan(config.parallel, config.devices)
     plan.local_batch(config.batch_size)  # refuse a batch that does not split, before any work
     main = parallel.is_main_process()
     if not main:  # one process writes the run directory, the others only checkpoint with it
         echo, progress, observers = (lambda _msg: None), False, ()
-    resuming = rundir.prepare(out, config) if main else False
-    if observers is None:
-        observers = default_observers(config)
+    resuming = rundir.inspect(out, config) if main else False
+    run = Run.from_config(config)
+    total = config.steps
+    state = run.init_state()
+    if main and not resuming:
+        rundir.create(out, config)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("jaxgan: run directory ready")
-    run = Run.from_config(config)
-    total = config.steps
-    state = run.init_state()
-    ckpt = Checkpointer(os.path.join(out, rundir.CHECKPOINTS), keep=config.keep_checkpoints)
-    start = 0
+        if not main:  # the directory process 0 has prepared (read only here)
+            resuming = rundir.inspect(out, config)
+    if observers is None:
+        observers = default_observers(config)
+    ckpt = Checkpointer(
+        os.path.join(out, rundir.CHECKPOINTS), keep=config.keep_checkpoints,
+        best_metric=config.keep_best_metric or None, best_mode=config.keep_best_mode,
+    )
+    start, record = 0, {}
     using = plan.describe()
-    if ckpt.latest_step() is not None:
-        state, record = ckpt.restore(plan.restore_target(state))
-        start = int(record["step"])
-        echo(f"jaxgan: resuming {out} from step {start} (target {total}), {using}")
-    elif resuming:
-        echo(f"jaxgan: {out} has this config but no checkpoint yet; starting from step 0, {using}")
-    else:
-        echo(f"jaxgan: training {config.preset} into {out} ({total} steps, {jax.device_count()} "
-             f"{jax.devices()[0].platform} device(s) visible, {using})")
-    if resuming:
-        rundir.update_config(out, config)
+    try:
+        if resuming:
+            state, start, record = _resume(run, out, ckpt, plan.restore_target(state), echo, main, using)
+            if main:
+                rundir.update_config(out, config)
+        else:
+            echo(f"jaxgan: training {config.preset} into {out} ({total} steps, {jax.device_count()} "
+                 f"{jax.devices()[0].platform} device(s) visible, {using})")
+    except BaseException:
+        ckpt.close()
+        raise
     if start >= total:
         echo(f"jaxgan: {out} is already at step {start} >= --steps {total}; raise --steps to train on")
         ckpt.close()
-        return RunResult(out, state, start, start, 0.0, 0.0, {})
+        return RunResult(out, state, start, start, 0.0, 0.0, {}, skipped_updates=int(record.get("skipped_updates", 0)))
     for obs in observers:
         obs.on_start(run, out, start)
     state = plan.place(state)  # the unreplicated state -> this mode's layout
@@ -261,12 +371,34 @@ def train(
     frames: list = []
     step = start
     last: dict[str, float] = {}
-    skipped = 0
+    skipped = int(record.get("skipped_updates", 0))
+    # Per-round metrics since the last logged row (a row is their mean over log_every rounds). A
+    # chunk may end between rows (at a checkpoint), so this is carried in the checkpoint too.
+    window: dict[str, list[float]] = {
+        k: [math.nan if x is None else x for x in v] for k, v in (record.get("log_window") or {}).items()
+    }
+    streak = {"d": 0, "g": 0}  # consecutive rounds with every update of the player skipped
+    steps_per_round = {"d": config.d_steps, "g": config.g_steps}
+    who = {"d": "discriminator", "g": "generator"}
     t0 = time.perf_counter()
     bar = _progress(total, start, progress)
     say = bar.write if (progress and echo is print) else echo  # event lines above the bar, not through it
     interrupted = False
     stop_reason: str | None = None
+    warned: set[str] = set()
+
+    def fail(bad_step: int, player: str, what: str) -> NonFiniteError:
+        saved = [s for s in ckpt.all_steps() if s < bad_step]
+        kept = (f"the last good checkpoint (step {saved[-1]}) in {ckpt.directory} is kept" if saved
+                else f"no checkpoint was saved before it (ckpt_every={config.ckpt_every})")
+        ways = ["start a new run (another --out) with lower g_lr/d_lr"]
+        if saved and config.nan_policy == "stop":
+            ways.append(f"continue this one skipping such updates: jaxgan train --out {shlex.quote(out)} "
+                        "--set nan_policy=skip")
+        return NonFiniteError(
+            f"step {bad_step}: {what} (likely cause: {_likely_cause(config, player)}). Stopped; {kept}. "
+            f"Way out: {', or '.join(ways)}"
+        )
 
     def handle(first_step: int, metrics_dev) -> None:
         nonlocal last, skipped
@@ -275,29 +407,38 @@ def train(
         bad = _first_nonfinite(metrics, first_step)
         if bad is not None and config.nan_policy == "stop":
             bad_step, player = bad
-            who = {"d": "discriminator", "g": "generator"}[player]
             row = {k: float(v[bad_step - first_step - 1]) for k, v in metrics.items()}
             if main:
                 rundir.append_jsonl(metrics_path, [{"step": bad_step, **row}])
                 rundir.append_jsonl(_events_path(out), [{
-                    "step": bad_step, "kind": "nan", "evidence": {"player": who},
+                    "step": bad_step, "kind": "nan", "evidence": {"player": who[player]},
                     "remedies": list(diagnose.REMEDIES["nan"]),
                 }])
-            raise NonFiniteError(
-                f"step {bad_step}: the {who} update produced NaN/Inf (likely {NAN_CAUSES}); "
-                f"stopped, the last good checkpoint in {os.path.join(out, rundir.CHECKPOINTS)} is kept"
-            )
-        if bad is not None:
-            skipped += int(sum(np.count_nonzero(metrics[f"{p}_nonfinite"]) for p in ("d", "g")))
-        # The row is the chunk's mean over its rounds (finite values only; the *_nonfinite flags
-        # say what fraction was skipped): one round's batch is too noisy to read the game from.
-        last = {k: _chunk_mean(v) for k, v in metrics.items()}
+            values = f"{player}_loss={row.get(f'{player}_loss', math.nan):.4g}, " \
+                     f"{player}_grad_norm={row.get(f'{player}_grad_norm', math.nan):.4g}"
+            raise fail(bad_step, player, f"the {who[player]} update produced NaN/Inf ({values})")
+        for p in ("d", "g"):
+            flags = np.asarray(metrics.get(f"{p}_nonfinite", np.zeros(n)), np.float64)
+            skipped += round(float(np.sum(flags)) * steps_per_round[p])
+            for i, f in enumerate(flags):
+                streak[p] = streak[p] + 1 if f >= 1.0 else 0
+                if streak[p] >= SKIP_STREAK_LIMIT:
+                    raise fail(first_step + i + 1, p, f"every {who[p]} update of the last {SKIP_STREAK_LIMIT} "
+                               "rounds was non-finite and skipped (nan_policy=skip), so training is not moving")
+        for k, v in metrics.items():
+            window.setdefault(k, []).extend(np.asarray(v, np.float64).tolist())
+        # The row is the mean over the rounds since the last row (finite values only; the
+        # *_nonfinite flags say what fraction was skipped): one round is too noisy to read.
+        last = {k: _chunk_mean(v) for k, v in window.items()}
         row_step = first_step + n
+        if row_step % config.log_every == 0 or row_step == total:
+            window.clear()
+            if main:
+                rundir.append_jsonl(metrics_path, [{"step": row_step, **last}])
+            for obs in observers:
+                _emit(out, obs.on_metrics(row_step, last), say)
         if not main:
             return
-        rundir.append_jsonl(metrics_path, [{"step": row_step, **last}])
-        for obs in observers:
-            _emit(out, obs.on_metrics(row_step, last), say)
         post = {"G": f"{last['generator_score']:.2f}", "D": f"{last['discriminator_score']:.2f}"}
         if skipped:
             post["skipped"] = skipped
@@ -316,17 +457,36 @@ def train(
             for obs in observers:  # every logged row reaches the observers, these too
                 _emit(out, obs.on_metrics(step, extra), say)
         if ckpt_due:  # the unreplicated state resumes on any number of devices
-            ckpt.save(step, plan.for_checkpoint(state), {"step": step, "config": dataclasses.asdict(config)})
+            position = run.source.position() if hasattr(run.source, "position") else None
+            scalars = {k: v if math.isfinite(v) else None for k, v in {**last, **extra}.items()}
+            record = {"step": step, "config": dataclasses.asdict(config), "data": position,
+                      "skipped_updates": skipped, "metrics": scalars,
+                      "log_window": {k: [x if math.isfinite(x) else None for x in v] for k, v in window.items()}}
+            best = config.keep_best_metric
+            if best and best not in scalars and best not in warned:
+                warned.add(best)
+                echo(f"jaxgan: warning: keep_best_metric={best!r} is not among the metrics at step {step} "
+                     f"({', '.join(sorted(scalars))}); such checkpoints are kept by recency only")
+            ckpt.save(step, plan.for_checkpoint(state), record, metrics=scalars)
         if plot_due and main:
             _plot(run, out, state, step, sample_fn, frames)
+
+    def write_summary(wall: float, stopped_by: str | None, final: int | None = None) -> None:
+        if not main:
+            return
+        final = step if final is None else final
+        rundir.write_json(os.path.join(out, rundir.SUMMARY), {
+            "start_step": start, "final_step": final, "wall_s": round(wall, 3),
+            "steps_per_s": round((final - start) / wall, 2) if wall > 0 else 0.0, "skipped_updates": skipped,
+            "stopped_by": stopped_by, "devices": plan.num_devices, "parallel": plan.mode, **last,
+        })
 
     with _Signals() as signals:
         pending = None
         try:
             while step < total:
-                n = min(config.log_every - step % config.log_every, total - step)
-                state, metrics_dev = chunk_fn(n)(state)
-                first, step = step, step + n
+                first, step = step, _next_boundary(step, total, config)
+                state, metrics_dev = chunk_fn(step - first)(state)
                 if pending is not None:
                     handle(*pending)  # overlaps with the chunk just dispatched
                 pending = (first, metrics_dev)
@@ -346,26 +506,29 @@ def train(
                     break
             if pending is not None:
                 handle(*pending)
+        except NonFiniteError as err:
+            kept = [s for s in ckpt.all_steps() if s > start]  # the state to resume from
+            write_summary(time.perf_counter() - t0, f"non-finite update: {err}", kept[-1] if kept else start)
+            raise
         finally:
             bar.close()
-            ckpt.wait()
-            ckpt.close()
+            try:
+                ckpt.wait()
+            finally:
+                ckpt.close()
     state = plan.unplace(state)
     for obs in observers:
         obs.on_end(step, state)
     wall = time.perf_counter() - t0
     rate = (step - start) / wall if wall > 0 else 0.0
-    if main:
-        rundir.write_json(os.path.join(out, rundir.SUMMARY), {
-            "start_step": start, "final_step": step, "wall_s": round(wall, 3),
-            "steps_per_s": round(rate, 2), "skipped_updates": skipped, "stopped_by": stop_reason,
-            "devices": plan.num_devices, "parallel": plan.mode, **last,
-        })
+    write_summary(wall, stop_reason)
+    if skipped:
+        echo(f"jaxgan: skipped {skipped} non-finite update(s) so far (nan_policy=skip)")
     if interrupted:
-        echo(f"jaxgan: received {signals.received}; saved a checkpoint at step {step}. Resume with: "
-             f"jaxgan train --out {out} --steps {total}")
+        echo(f"jaxgan: received {signals.received}; saved a checkpoint at step {step} of {total}. "
+             f"Resume with: jaxgan train --out {shlex.quote(out)}")
     elif stop_reason is not None:
         echo(f"jaxgan: stopped at step {step}: {stop_reason}; checkpoint saved in {out}")
     else:
         echo(f"jaxgan: done: step {step} in {wall:.1f} s ({rate:.1f} steps/s); outputs in {out}")
-    return RunResult(out, state, start, step, wall, rate, last, interrupted)
+    return RunResult(out, state, start, step, wall, rate, last, interrupted, skipped, stop_reason)

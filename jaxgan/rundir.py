@@ -15,10 +15,12 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -83,8 +85,16 @@ def load_config(run: str) -> Config:
     path = os.path.join(run, CONFIG)
     if not os.path.isfile(path):
         raise RunDirError(f"{run!r} is not a jaxgan run (no {CONFIG}): pass the --out of a `jaxgan train` run")
-    with open(path, encoding="utf-8") as f:
-        return Config.from_dict(json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+        return Config.from_dict(data)
+    except (ValueError, ConfigError, OSError) as err:  # JSONDecodeError is a ValueError
+        raise RunDirError(
+            f"{path} is unreadable ({err}): restore it, or choose another --out"
+        ) from None
 
 
 def config_differences(saved: Config, new: Config) -> list[str]:
@@ -97,31 +107,58 @@ def config_differences(saved: Config, new: Config) -> list[str]:
     return out
 
 
-def prepare(out: str, config: Config) -> bool:
-    """Make ``out`` ready for ``config``; return True when it holds a run to resume.
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
 
-    Refuses (with the way out) a path that is a file, an unwritable directory, a non-empty
-    directory that is not a jaxgan run, and a run made with a different config.
+
+def _writable(directory: str) -> str | None:
+    """None if a file can be created in ``directory``, else the reason (tried for real: permission
+    bits say nothing for root or on a read-only mount)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
+
+
+def inspect(out: str, config: Config) -> bool:
+    """Check, without changing anything, that ``out`` can hold a run of ``config``; return True
+    when it holds that run already (to resume).
+
+    Refuses (with the way out) a path that is a file, a directory that cannot be created or
+    written, a non-empty directory that is not a jaxgan run, and a run made with a different
+    config (only the keys in ``configs.RESUMABLE_CHANGES``, such as ``steps``, may differ).
     """
     if os.path.exists(out) and not os.path.isdir(out):
         raise RunDirError(f"--out {out!r} is a file, not a directory: choose another --out")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        raise RunDirError(f"cannot create run directory {out!r} ({err.strerror}): choose another --out") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise RunDirError(f"run directory {out!r} is not writable: choose another --out or fix its permissions")
-    config_path = os.path.join(out, CONFIG)
-    if os.path.exists(config_path):
-        try:
-            saved = load_config(out)
-        except (ConfigError, json.JSONDecodeError) as err:
-            raise RunDirError(f"{config_path} is unreadable ({err}): choose another --out") from None
+    if not os.path.exists(out):
+        parent = _nearest_existing(out)
+        if not os.path.isdir(parent):
+            raise RunDirError(f"cannot create run directory {out!r}: {parent!r} is a file; choose another --out")
+        reason = _writable(parent)
+        if reason is not None:
+            raise RunDirError(
+                f"cannot create run directory {out!r}: {parent!r} does not take new files ({reason}); "
+                "choose another --out"
+            )
+        return False
+    reason = _writable(out)
+    if reason is not None:
+        raise RunDirError(
+            f"run directory {out!r} is not writable ({reason}): choose another --out or fix its permissions"
+        )
+    if os.path.exists(os.path.join(out, CONFIG)):
+        saved = load_config(out)
         diffs = config_differences(saved, config)
         if diffs:
             raise RunDirError(
                 f"{out!r} holds a run with a different config ({'; '.join(diffs)}): resume it with "
-                "the same preset and --set values (only --steps may be raised), or choose another --out"
+                f"`jaxgan train --out {out}` (its saved config; --steps N raises the target), or "
+                "choose another --out for the new config"
             )
         return True
     leftovers = [name for name in os.listdir(out) if not name.startswith(".")]
@@ -130,11 +167,61 @@ def prepare(out: str, config: Config) -> bool:
             f"{out!r} is not empty and is not a jaxgan run ({', '.join(sorted(leftovers)[:5])}): "
             "choose a new or empty --out"
         )
-    write_json(config_path, dataclasses.asdict(config))
-    open(os.path.join(out, EVENTS), "a").close()
+    return False
+
+
+def create(out: str, config: Config) -> None:
+    """Start a new run in ``out`` (new or empty): write its config. On failure nothing is left
+    behind that was not there before."""
+    existing = _nearest_existing(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        write_json(os.path.join(out, CONFIG), dataclasses.asdict(config))
+        open(os.path.join(out, EVENTS), "a").close()
+    except OSError as err:
+        for name in (CONFIG, f"{CONFIG}.tmp", EVENTS):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out, name))
+        made = os.path.abspath(out)
+        while made != existing and len(made) > len(existing):  # only the directories made here
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
+            made = os.path.dirname(made)
+        reason = err.strerror or str(err)
+        raise RunDirError(f"cannot create run directory {out!r} ({reason}): choose another --out") from None
+
+
+def prepare(out: str, config: Config) -> bool:
+    """:func:`inspect`, then :func:`create` for a new run; return True when resuming."""
+    if inspect(out, config):
+        return True
+    create(out, config)
     return False
 
 
 def update_config(out: str, config: Config) -> None:
     """Record the resumable fields (e.g. a raised ``steps``) of a resumed run."""
     write_json(os.path.join(out, CONFIG), dataclasses.asdict(config))
+
+
+def truncate_after(out: str, step: int) -> int:
+    """Drop the metrics and events rows logged after ``step`` (work lost since the checkpoint
+    being resumed, e.g. after a kill), so the resumed run logs them once. Returns how many."""
+    dropped = 0
+    for name in (METRICS, EVENTS):
+        path = os.path.join(out, name)
+        if not os.path.exists(path):
+            continue
+        rows = read_jsonl(path)
+        keep = [r for r in rows if not (isinstance(r.get("step"), int | float) and r["step"] > step)]
+        with open(path, encoding="utf-8") as f:
+            torn = sum(1 for line in f if line.strip()) - len(rows)
+        if len(keep) == len(rows) and not torn:
+            continue
+        dropped += len(rows) - len(keep)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in keep:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    return dropped

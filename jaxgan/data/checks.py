@@ -1,12 +1,29 @@
-"""Validation of real data at the boundary, on the host, before any compute is spent."""
+"""Validation of real data at the boundary, on the host, before any compute is spent.
+
+Each check raises :class:`DataError` (or warns with :class:`DataWarning`) with a message that
+names the problem and the fix; any data source (arrays on disk, an image pipeline) can call them.
+
+Range convention: *image-shaped* data (examples ``[H, W, C]``) is expected in [-1, 1], the range
+of a generator ending in tanh, and a warning says so otherwise (most often raw 0..255 pixels).
+Vector data (examples ``[D]``, e.g. the 2-D toy mixtures, whose modes sit at radius 2 or on a
+grid out to +-4) has no expected range: the MLP generator's output is linear, so no warning.
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
 
 
 class DataError(ValueError):
     """Real data that the GAN cannot train on; the message says what is wrong and the fix."""
+
+
+class DataWarning(UserWarning):
+    """Real data that can train but probably not as intended (e.g. outside [-1, 1])."""
 
 
 def check_batch(batch, example_shape: tuple[int, ...], *, what: str = "data batch") -> None:
@@ -29,3 +46,41 @@ def check_batch(batch, example_shape: tuple[int, ...], *, what: str = "data batc
         raise DataError(
             f"{what} contains {bad} NaN/Inf value(s): clean or drop those examples before training"
         )
+
+
+def check_image_layout(example_shape: tuple[int, ...], *, what: str = "data",
+                       channels: tuple[int, ...] = IMAGE_CHANNELS) -> None:
+    """Raise :class:`DataError` for image examples ``[H, W, C]`` whose channel count is not one
+    of ``channels``, saying when the array looks channels-first ``[C, H, W]``."""
+    if len(example_shape) != 3:
+        return
+    h, _, c = example_shape
+    if c in channels:
+        return
+    if h in channels:
+        raise DataError(
+            f"{what} has examples of shape {tuple(example_shape)}, which looks channels-first [C, H, W]: "
+            f"jaxgan takes [N, H, W, C]; transpose with np.transpose(x, (0, 2, 3, 1))"
+        )
+    raise DataError(
+        f"{what} has examples of shape {tuple(example_shape)} with {c} channels: images need "
+        f"[H, W, C] with C in {channels}"
+    )
+
+
+def check_range(data, *, what: str = "data", low: float = -1.0, high: float = 1.0) -> str | None:
+    """Warn (:class:`DataWarning`) when image-shaped ``data: [N, H, W, C]`` lies outside
+    [low, high]; return the message (None when in range or not image-shaped)."""
+    arr = np.asarray(data)
+    if arr.ndim != 4 or arr.size == 0:
+        return None
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if lo >= low and hi <= high:
+        return None
+    hint = "x / 127.5 - 1" if hi > 2.0 and lo >= 0.0 else "(x - min) / (max - min) * 2 - 1"
+    message = (
+        f"{what} has values in [{lo:.4g}, {hi:.4g}], outside the [{low:g}, {high:g}] a tanh generator "
+        f"produces; rescale it, e.g. with {hint}"
+    )
+    warnings.warn(message, DataWarning, stacklevel=2)
+    return message

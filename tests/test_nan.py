@@ -1,0 +1,144 @@
+"""Non-finite updates: flagged inside the step, stopped or skipped by the loop, never saved."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import configs, loop, rundir
+from jaxgan.checkpoint import Checkpointer, to_saveable
+from tests.cli_helpers import error_lines, jaxgan
+
+TINY = {"batch_size": 16, "g_hidden": (8, 8), "d_hidden": (8, 8), "latent_dim": 4}
+# Adam at lr 1e6 on an unbounded (relu, wasserstein) critic overflows on the second round.
+BLOW_UP = {"loss": "wasserstein", "activation": "relu", "g_lr": 1e6, "d_lr": 1e6}
+
+
+def tiny(**overrides) -> loop.Run:
+    return loop.Run.from_config(configs.apply_overrides(configs.preset("ring8"), {**TINY, **overrides}))
+
+
+def leaves(tree) -> list[np.ndarray]:
+    return [np.array(x) for x in jax.tree.leaves(to_saveable(tree))]
+
+
+def same(a, b) -> bool:
+    return all(np.array_equal(x, y, equal_nan=True) for x, y in zip(leaves(a), leaves(b), strict=True))
+
+
+def nan_batch() -> np.ndarray:
+    batch = np.ones((16, 2), np.float32)
+    batch[3, 1] = np.nan
+    return batch
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_nan_batch_flags_the_discriminator_update(skip):
+    run = tiny(nan_policy="skip" if skip else "stop")
+    state = run.init_state()
+    new, metrics = jax.jit(run.gan.train_step)(state, nan_batch())
+    assert float(metrics["d_nonfinite"]) == 1.0  # the D update saw the NaN
+    assert not np.isfinite(float(metrics["d_loss"]))
+    # G's update reads no real data: it is finite when D's broken update was discarded, and
+    # poisoned by the NaN discriminator otherwise (the loop blames D, which updated first).
+    assert float(metrics["g_nonfinite"]) == (0.0 if skip else 1.0)
+    if skip:  # D's update is discarded whole; the round still counts, and G still trains
+        assert same(new.d.params, state.d.params) and same(new.d.opt_state, state.d.opt_state)
+        assert int(new.d.count) == 1 and int(new.step) == 1
+        assert not same(new.g.params, state.g.params)
+        assert all(np.all(np.isfinite(x)) for x in leaves(new))
+    else:  # left as computed; the loop stops on the flag
+        assert not all(np.all(np.isfinite(x)) for x in leaves(new.d.params))
+
+
+def test_flags_cover_non_finite_params_even_when_loss_and_gradients_are_finite():
+    """Inf in an Adam moment leaves the loss and the gradient finite but makes the new params
+    Inf: the update is still flagged, because the new parameters are checked too."""
+    run = tiny()
+    state = run.init_state()
+    adam, *rest = state.d.opt_state
+    mu = jax.tree.map(lambda x: x, adam.mu)
+    mu["Dense_2"]["bias"] = jnp.full_like(mu["Dense_2"]["bias"], jnp.inf)
+    bad = state.replace(d=state.d.replace(opt_state=(adam._replace(mu=mu), *rest)))
+    new, metrics = jax.jit(run.gan.d_step)(bad, np.ones((16, 2), np.float32))
+    assert np.isfinite(float(metrics["d_loss"])) and np.isfinite(float(metrics["d_grad_norm"]))
+    assert np.isinf(np.asarray(new.d.params["Dense_2"]["bias"])).all()
+    assert float(metrics["d_nonfinite"]) == 1.0
+
+
+def test_devices_agree_on_skipping_when_only_one_sees_a_nan():
+    """Under a device axis (here vmap with axis_name), NaN in one device's shard makes every
+    device skip the update, so replicas never drift apart."""
+    config = configs.apply_overrides(configs.preset("ring8"), {**TINY, "batch_size": 8, "nan_policy": "skip"})
+    from jaxgan import build
+
+    gan = build.gan(config, (2,), axis_name="dev")
+    state = jax.jit(gan.init)(jax.random.key(0), np.zeros((8, 2), np.float32))
+    shards = np.ones((2, 8, 2), np.float32)
+    shards[1, 0, 0] = np.nan  # only device 1
+    replicated = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    new, metrics = jax.jit(jax.vmap(gan.train_step, axis_name="dev"))(replicated, shards)
+    np.testing.assert_array_equal(np.asarray(metrics["d_nonfinite"]), [1.0, 1.0])
+    for dev in (0, 1):
+        one = jax.tree.map(lambda x, i=dev: x[i], new)
+        assert same(one.d.params, state.d.params)  # both kept D as it was
+    # The agreement is explicit, not only a side effect of averaging gradients: a value that is
+    # non-finite on one device alone makes the check fail on every device.
+    flags = jax.vmap(gan._all_finite, axis_name="dev")(jnp.array([1.0, jnp.nan]))
+    np.testing.assert_array_equal(np.asarray(flags), [False, False])
+
+
+def test_the_loop_stops_on_a_non_finite_update_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = str(tmp_path / "run")
+    result = jaxgan("train", "--out", out, "--steps", "50", "--quiet", "--set", "batch_size=16",
+                    "g_hidden=8,8", "d_hidden=8,8", "latent_dim=4", "loss=wasserstein", "activation=relu",
+                    "g_lr=1e6", "d_lr=1e6", "log_every=1", "ckpt_every=1", "plot_every=1000")
+    assert result.returncode == 3, result.stdout + result.stderr
+    [line] = error_lines(result.stderr)
+    assert line.startswith("jaxgan: error: step 2: the discriminator update produced NaN/Inf (d_loss=")
+    assert "likely cause: d_lr=1e+06 is far above Adam's usual 1e-4..1e-3; the wasserstein critic is " \
+           "unbounded without gp or weight_clip" in line
+    assert f"the last good checkpoint (step 1) in {os.path.join(out, 'checkpoints')} is kept" in line
+    assert f"jaxgan train --out {out} --set nan_policy=skip" in line
+    assert "Traceback" not in result.stderr
+    run = loop.Run.from_config(rundir.load_config(out))
+    with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True) as ckpt:
+        assert ckpt.all_steps() == [1]
+        state, record = ckpt.restore(run.init_state())
+    assert record["step"] == 1 and all(np.all(np.isfinite(x)) for x in leaves(state))
+    events = rundir.read_jsonl(os.path.join(out, rundir.EVENTS))
+    assert events[-1]["kind"] == "nan" and events[-1]["step"] == 2
+    with open(os.path.join(out, rundir.SUMMARY)) as f:
+        summary = json.load(f)
+    assert summary["final_step"] == 1 and summary["stopped_by"].startswith("non-finite update: step 2: ")
+
+
+def test_the_skip_policy_counts_skipped_updates_and_gives_up_on_a_run_that_cannot_move(tmp_path):
+    out = str(tmp_path / "run")
+    config = configs.apply_overrides(configs.preset("ring8"), {
+        **TINY, **BLOW_UP, "nan_policy": "skip", "steps": 200, "log_every": 1, "ckpt_every": 20,
+        "plot_every": 1000,
+    })
+    lines: list[str] = []
+    with pytest.raises(loop.NonFiniteError) as err:
+        loop.train(config, out, progress=False, echo=lines.append)
+    limit = loop.SKIP_STREAK_LIMIT
+    rows = rundir.read_jsonl(os.path.join(out, rundir.METRICS))
+    first_bad = next(r["step"] for r in rows if r["d_nonfinite"] == 1.0)
+    assert str(err.value).startswith(
+        f"step {first_bad + limit - 1}: every discriminator update of the last {limit} rounds was non-finite"
+    )
+    assert "nan_policy=skip --set" not in str(err.value)  # no advice to do what it already does
+    # Every kept checkpoint is finite, and its skip count matches the logged flags.
+    run = loop.Run.from_config(config)
+    with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True) as ckpt:
+        for step in ckpt.all_steps():
+            state, record = ckpt.restore(run.init_state(), step)
+            assert all(np.all(np.isfinite(x)) for x in leaves(state))
+            flagged = sum(r["d_nonfinite"] + r["g_nonfinite"] for r in rows if r["step"] <= step)
+            assert record["skipped_updates"] == flagged > 0
