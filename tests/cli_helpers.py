@@ -78,6 +78,11 @@ def metric_rows(out: str) -> list[dict]:
     return rundir.read_jsonl(os.path.join(out, rundir.METRICS))
 
 
+def training_rows(out: str) -> list[dict]:
+    """The rows of the training metrics (not the evaluation rows written at checkpoints)."""
+    return [r for r in metric_rows(out) if "d_loss" in r]
+
+
 def error_lines(stderr: str) -> list[str]:
     """The lines of ``stderr`` that jaxgan wrote (absl/orbax log noise left out)."""
     return [line for line in stderr.splitlines() if line.startswith("jaxgan:")]

@@ -19,7 +19,7 @@ import pytest
 
 from jaxgan import loop, rundir
 from jaxgan.checkpoint import Checkpointer, to_saveable
-from tests.cli_helpers import FAST, jaxgan, metric_rows, python, start, wait_for
+from tests.cli_helpers import FAST, jaxgan, metric_rows, python, start, training_rows, wait_for
 
 
 def _toy(tmp_path) -> list[str]:
@@ -74,7 +74,7 @@ def test_resume_in_a_fresh_process_is_bitwise_exact(tmp_path, pipeline):
     assert f"jaxgan: resuming {split} (" in resumed.stdout
 
     rows_whole, rows_split = metric_rows(whole), metric_rows(split)
-    steps = [r["step"] for r in rows_whole]
+    steps = [r["step"] for r in training_rows(whole)]
     assert 20 in steps and steps[-1] == 40 and any(s > 20 for s in steps[:-1])
     assert rows_split == rows_whole  # every logged metric, to the bit (JSON floats round-trip)
     state_whole, record_whole = restore_run(whole, 40)
@@ -88,7 +88,7 @@ def test_resume_in_a_fresh_process_is_bitwise_exact(tmp_path, pipeline):
 def _signal_run(tmp_path, sig: signal.Signals):
     out = str(tmp_path / "run")
     proc = start("train", "--out", out, "--steps", "100000", "--quiet", "--set", *FAST)
-    wait_for(lambda: len(metric_rows(out)) >= 2, proc)  # compiled and training
+    wait_for(lambda: len(training_rows(out)) >= 2, proc)  # compiled and training
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=300)
     return out, proc.returncode, stdout, stderr
@@ -107,13 +107,13 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig):
     state, record = restore_run(out)
     assert int(state.step) == record["step"] == stopped
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.g.params))
-    assert metric_rows(out)[-1]["step"] == stopped
+    assert training_rows(out)[-1]["step"] == stopped
 
     if sig == signal.SIGTERM:  # the printed command resumes it (with a new target)
         resumed = jaxgan("train", "--out", out, "--steps", str(stopped + 10), "--quiet")
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert f"from step {stopped} (its latest checkpoint), training to step {stopped + 10}" in resumed.stdout
-        assert [r["step"] for r in metric_rows(out)][-2:] == [stopped, stopped + 10]
+        assert [r["step"] for r in training_rows(out)][-2:] == [stopped, stopped + 10]
 
 
 SAVER = """
@@ -162,18 +162,18 @@ def test_a_killed_training_run_resumes_from_its_last_complete_checkpoint(tmp_pat
     out = str(tmp_path / "run")
     every_step = [*FAST, "log_every=1", "ckpt_every=1"]
     proc = start("train", "--out", out, "--steps", "100000", "--quiet", "--set", *every_step)
-    wait_for(lambda: len(metric_rows(out)) >= 3, proc)
+    wait_for(lambda: len(training_rows(out)) >= 3, proc)
     time.sleep(random.Random(1).uniform(0.0, 0.5))
     proc.kill()
     proc.communicate()
-    logged = metric_rows(out)[-1]["step"]
+    logged = training_rows(out)[-1]["step"]
     with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True) as ckpt:
         latest = ckpt.latest_step()
     assert latest is not None and latest <= logged
     resumed = jaxgan("train", "--out", out, "--steps", str(latest + 3), "--quiet")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"from step {latest} (its latest checkpoint), training to step {latest + 3}" in resumed.stdout
-    steps = [r["step"] for r in metric_rows(out)]
+    steps = [r["step"] for r in training_rows(out)]
     assert steps == list(range(1, latest + 4))  # rows logged after the checkpoint were dropped, then redone
 
 
