@@ -223,3 +223,45 @@ print("ok", float(np.asarray(state.d.params["Dense_0"]["kernel"]).sum()))
     here, _ = jax.jit(run.gan.train_step)(state, np.ones((8, 2), np.float32))
     for a, b in zip(jax.tree.leaves(here.g.params), jax.tree.leaves(two.g.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+class _StopAt(loop.Observer):
+    """Asks the loop to stop once it has passed ``step`` (as a preemption would)."""
+
+    def __init__(self, step: int):
+        self.step, self.now = step, 0
+
+    def on_start(self, run, out, start_step):
+        self.now = start_step
+
+    def on_metrics(self, step, row):
+        self.now = step
+        return []
+
+    def on_checkpoint(self, step, state):
+        self.now = step
+        return {}
+
+    def should_stop(self):
+        return "test stop" if self.now >= self.step else None
+
+
+def test_a_stop_between_logged_rows_resumes_with_the_same_row_means(tmp_path):
+    """Rows are means over log_every=10 rounds; with ckpt_every=5 the run stops (and saves) at
+    step 15, mid-window. The resumed run must still log the step-20 mean over rounds 11-20."""
+    from jaxgan import configs
+
+    config = configs.apply_overrides(configs.preset("ring8"), {
+        "batch_size": 16, "g_hidden": (8,), "d_hidden": (8,), "latent_dim": 4, "steps": 30, "log_every": 10,
+        "ckpt_every": 5, "plot_every": 1000,
+    })
+    quiet = {"progress": False, "echo": lambda _: None}
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    loop.train(config, whole, observers=(), **quiet)
+    stopped = loop.train(config, split, observers=(_StopAt(10),), **quiet)  # asked during 11-15
+    assert stopped.final_step == 15 and stopped.stopped_by == "test stop"
+    assert [r["step"] for r in metric_rows(split)] == [10]  # no row at 15: mid-window
+    loop.train(config, split, observers=(), **quiet)
+    assert metric_rows(split) == metric_rows(whole)
+    assert [r["step"] for r in metric_rows(whole)] == [10, 20, 30]
+    assert_same_bits(restore_run(split)[0], restore_run(whole)[0])
