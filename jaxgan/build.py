@@ -16,9 +16,10 @@ import optax
 
 from jaxgan import losses, penalties
 from jaxgan.configs import Config, ConfigError
-from jaxgan.data import checks, toy
+from jaxgan.data import checks, synthetic, toy
 from jaxgan.gan import GAN, Schedule
 from jaxgan.nets import mlp_pair
+from jaxgan.nets.dcgan import dcgan_pair
 
 Array = jax.Array
 
@@ -77,7 +78,17 @@ def data_source(config: Config):
         return toy.TOY[config.dataset]
     if config.dataset.endswith(".npy"):
         return load_array(config.dataset)
-    raise ConfigError(f"dataset={config.dataset!r}: unknown dataset")
+    random_images = synthetic.parse(config.dataset)
+    if random_images is not None:
+        return random_images
+    if config.dataset.startswith("random:"):
+        raise ConfigError(f"dataset={config.dataset!r}: write random images as random:HxWxC, e.g. random:32x32x3")
+    from jaxgan.data.tfds import TFDSImages  # imports TFDS only when it is used
+
+    return TFDSImages(
+        config.dataset, data_dir=config.data_dir, split=config.data_split, image_size=config.image_size,
+        seed=config.seed, download=config.download,
+    )
 
 
 def remedies(config: Config) -> tuple[penalties.Remedy, ...]:
@@ -111,18 +122,30 @@ def adam(lr: float, config: Config) -> optax.GradientTransformation:
     return optax.adam(lr, b1=config.b1, b2=config.b2, eps_root=eps_root)
 
 
-def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None = None) -> GAN:
-    """The GAN definition for ``config`` on data with examples of ``example_shape``."""
-    if config.model != "mlp":
+def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None = None,
+        sync_axis: str | None = None) -> GAN:
+    """The GAN definition for ``config`` on data with examples of ``example_shape``. ``sync_axis``
+    (or else ``axis_name``) is the device axis the networks' batch norm averages statistics over."""
+    if config.model == "dcgan":
+        try:
+            # Sync batch norm: under a device axis, BN normalises with the global batch's statistics.
+            g, d = dcgan_pair(
+                example_shape, config.latent_dim, g_width=config.g_width, d_width=config.d_width,
+                d_norm=config.d_norm, d_dropout=config.d_dropout, axis_name=sync_axis or axis_name,
+            )
+        except ValueError as err:
+            raise ConfigError(f"model=dcgan on dataset={config.dataset!r}: {err}") from None
+    elif config.model == "mlp":
+        g, d = mlp_pair(
+            example_shape,
+            config.latent_dim,
+            g_hidden=config.g_hidden,
+            d_hidden=config.d_hidden,
+            activation=config.activation,
+            d_dropout=config.d_dropout,
+        )
+    else:
         raise ConfigError(f"model={config.model!r}: unknown model")
-    g, d = mlp_pair(
-        example_shape,
-        config.latent_dim,
-        g_hidden=config.g_hidden,
-        d_hidden=config.d_hidden,
-        activation=config.activation,
-        d_dropout=config.d_dropout,
-    )
     return GAN(
         generator=g,
         discriminator=d,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -140,44 +139,12 @@ def cmd_sample(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import jax
-    import numpy as np
-
-    from jaxgan import loop, parallel
+    from jaxgan import bench
 
     config = _config_from_args(args)
     steps = args.steps or 200
-    plan = parallel.plan(config.parallel, config.devices)
-    plan.local_batch(config.batch_size)
-    run = loop.Run.from_config(config)
-    state = plan.place(run.init_state())
-    chunk = min(config.log_every, steps)
-    fn = plan.train_chunk(run.gan, run.source, config.batch_size, chunk)
-    t0 = time.perf_counter()
-    compiled = fn.lower(state).compile()
-    compile_s = time.perf_counter() - t0
-    state, m = compiled(state)  # warm-up
-    jax.block_until_ready((state, m))
-    n_chunks = max(1, steps // chunk)
-    t0 = time.perf_counter()
-    for _ in range(n_chunks):
-        state, m = compiled(state)
-    jax.block_until_ready((state, m))
-    elapsed = time.perf_counter() - t0
-    result = {
-        "preset": config.preset,
-        "overrides": args.set,
-        "steps": n_chunks * chunk,
-        "batch_size": config.batch_size,
-        "compile_s": round(compile_s, 3),
-        "steps_per_s": round(n_chunks * chunk / elapsed, 2),
-        "final_generator_score": float(np.asarray(m["generator_score"])[-1]),
-        "devices": plan.num_devices,
-        "parallel": plan.mode,
-        "platform": jax.devices()[0].platform,
-        "machine": platform.processor() or platform.machine(),
-        "jax": jax.__version__,
-    }
+    result = bench.measure(config, steps)
+    result["overrides"] = args.set
     print(json.dumps(result))
     return 0
 

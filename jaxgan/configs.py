@@ -25,13 +25,21 @@ class Config:
     """Everything a run needs, as plain values. Field comments are the ``--set`` help."""
 
     preset: str = "ring8"
-    dataset: str = "ring8"  # ring8 | grid25 | gaussian1d | gaussian2d | a .npy file [N, ...]
-    model: str = "mlp"  # mlp
+    dataset: str = "ring8"  # ring8 | grid25 | gaussian1d | gaussian2d | a .npy file [N, ...] | random:HxWxC
+    #   | any TFDS image dataset (mnist, fashion_mnist, cifar10, celeb_a, ...)
+    model: str = "mlp"  # mlp | dcgan
     latent_dim: int = 256
     g_hidden: tuple[int, ...] = (128, 128)  # MLP hidden widths, e.g. g_hidden=128,128
     d_hidden: tuple[int, ...] = (128, 128)
     activation: str = "tanh"  # relu | tanh | leaky_relu | elu
     d_dropout: float = 0.0  # dropout rate in D's hidden layers (a remedy)
+    g_width: int = 64  # DCGAN: G's base width (ngf; the last hidden layer's channels)
+    d_width: int = 64  # DCGAN: D's base width (ndf; the first layer's channels)
+    d_norm: str = "batch"  # DCGAN: D's normalisation: batch | spectral | none
+    image_size: int = 0  # TFDS images: crop to the central square and resize to N x N (0: as stored)
+    data_dir: str = ""  # TFDS data_dir ("": $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    data_split: str = "train"  # TFDS split to train on, e.g. train or train+test
+    download: bool = False  # TFDS: download and prepare a dataset that data_dir does not hold
     loss: str = "non_saturating"  # minimax | non_saturating | wasserstein | hinge | least_squares
     d_steps: int = 1  # D updates per round
     g_steps: int = 1  # G updates per round
@@ -119,11 +127,11 @@ PENALTY_KEYS = (
 
 # Which config keys may differ between a run's saved config and a resumed one.
 # None of them changes the trajectory: how far, how often to log/plot/save, what to keep, how
-# the step is spread over devices, and what to do on a non-finite update (changed to resume a
-# run stopped by one).
+# the step is spread over devices, what to do on a non-finite update (changed to resume a run
+# stopped by one), and where the (same) TFDS dataset is found.
 RESUMABLE_CHANGES = frozenset({
     "steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "keep_best_metric",
-    "keep_best_mode", "devices", "parallel", "nan_policy",
+    "keep_best_mode", "devices", "parallel", "nan_policy", "data_dir", "download",
 })
 # Monitoring settings do not change the trajectory either.
 DIAG_KEYS = frozenset({"tensorboard", *(f for f in Config.__dataclass_fields__ if f.startswith("diag"))})
@@ -160,10 +168,55 @@ def gaussian1d() -> Config:
     )
 
 
+def _dcgan(**overrides) -> Config:
+    """DCGAN hyperparameters (Radford et al. 2016, sec. 4; the PyTorch example): Adam 2e-4 with
+    beta1 = 0.5 for both players, z of 100 dimensions, base widths 64, batch 64."""
+    base = dict(model="dcgan", latent_dim=100, g_width=64, d_width=64, d_norm="batch", g_lr=2e-4, d_lr=2e-4,
+                b1=0.5, b2=0.999, batch_size=64, loss="non_saturating", log_every=50, plot_every=500,
+                ckpt_every=500)
+    return Config(**{**base, **overrides})
+
+
+def dcgan_mnist() -> Config:
+    """DCGAN on MNIST at 28 x 28 x 1 (G: z -> 7x7x128 -> 14x14x64 -> 28x28x1).
+
+    Run: ``jaxgan train --preset dcgan-mnist --set data_dir=DIR`` with MNIST prepared in DIR
+    (or add ``download=true`` once, with network access). Not run to completion here (no
+    network on this project's machines); the pipeline is exercised on offline TFDS datasets
+    in tests/test_tfds.py.
+    """
+    return _dcgan(preset="dcgan-mnist", dataset="mnist", image_size=28, steps=10_000)
+
+
+def dcgan_cifar10() -> Config:
+    """DCGAN on CIFAR-10 at 32 x 32 x 3 (G: z -> 4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x3).
+
+    Run: ``jaxgan train --preset dcgan-cifar10 --set data_dir=DIR`` (CIFAR-10 prepared in DIR,
+    or ``download=true``). Not run to completion here (no network).
+    """
+    return _dcgan(preset="dcgan-cifar10", dataset="cifar10", image_size=32, steps=20_000)
+
+
+def dcgan32() -> Config:
+    """Throughput benchmark: the PyTorch example's DCGAN at 32 x 32 x 3 (nz 100, ngf = ndf = 64,
+    batch 64, Adam 2e-4/0.5) on random images. Run: ``jaxgan bench --preset dcgan32``, or
+    ``python benchmarks/throughput.py`` for the comparison with PyTorch (benchmarks/README.md)."""
+    return _dcgan(preset="dcgan32", dataset="random:32x32x3", steps=50, log_every=10)
+
+
+def dcgan64() -> Config:
+    """As :func:`dcgan32` at 64 x 64 x 3: exactly the PyTorch example's netG and netD."""
+    return _dcgan(preset="dcgan64", dataset="random:64x64x3", steps=10, log_every=5)
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "ring8": ring8,
     "grid25": grid25,
     "gaussian1d": gaussian1d,
+    "dcgan-mnist": dcgan_mnist,
+    "dcgan-cifar10": dcgan_cifar10,
+    "dcgan32": dcgan32,
+    "dcgan64": dcgan64,
 }
 
 
@@ -283,6 +336,8 @@ def _validate_diag(c: Config, need: Callable[[bool, str, str], None]) -> None:
 LOSS_NAMES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_squares")
 DATASETS = ("ring8", "grid25", "gaussian1d", "gaussian2d")
 PARALLEL_MODES = ("pmap", "sharding", "shard_map")
+MODELS = ("mlp", "dcgan")
+D_NORMS = ("batch", "spectral", "none")
 
 
 def validate(c: Config) -> Config:
@@ -296,12 +351,18 @@ def validate(c: Config) -> Config:
         if isinstance(getattr(c, f.name), float):
             need(math.isfinite(getattr(c, f.name)), f.name, "must be a finite number")
     need(c.loss in LOSS_NAMES, "loss", f"unknown loss; choose one of {', '.join(LOSS_NAMES)}")
+    # Any other name is looked up in TFDS when the data source is built (before compiling).
     need(
-        c.dataset in DATASETS or c.dataset.endswith(".npy"),
+        bool(c.dataset.strip()),
         "dataset",
-        f"choose one of {', '.join(DATASETS)} or a path to a .npy array [N, ...]",
+        f"choose one of {', '.join(DATASETS)}, a path to a .npy array [N, ...], random:HxWxC, or a TFDS "
+        "image dataset such as mnist or cifar10",
     )
-    need(c.model == "mlp", "model", "choose mlp")
+    need(c.model in MODELS, "model", f"choose one of {', '.join(MODELS)}")
+    need(c.d_norm in D_NORMS, "d_norm", f"choose one of {', '.join(D_NORMS)}")
+    need(c.g_width >= 1, "g_width", "must be >= 1, e.g. 64")
+    need(c.d_width >= 1, "d_width", "must be >= 1, e.g. 64")
+    need(c.image_size >= 0, "image_size", "must be >= 0 (0: the dataset's own size), e.g. 32 or 64")
     need(c.d_steps >= 1, "d_steps", "each round needs at least one D update; use d_steps=1 or more")
     need(c.g_steps >= 1, "g_steps", "each round needs at least one G update; use g_steps=1 or more")
     need(c.unroll_steps >= 0, "unroll_steps", "the lookahead depth must be >= 0 (0: plain GAN)")

@@ -41,6 +41,7 @@ import numpy as np
 from jaxgan import build, diagnose, parallel, rundir, viz
 from jaxgan.checkpoint import Checkpointer, CheckpointError
 from jaxgan.configs import Config
+from jaxgan.data.host import HostSource, Prefetcher, check_first_batch, chunk_sizes
 from jaxgan.gan import GAN, GANState
 
 
@@ -100,10 +101,12 @@ class Run:
     example_shape: tuple[int, ...]
 
     @classmethod
-    def from_config(cls, config: Config) -> Run:
+    def from_config(cls, config: Config, *, sync_axis: str | None = None) -> Run:
+        """``sync_axis``: the device axis the networks' batch norm reduces over (sync BN under
+        pmap/shard_map, :attr:`jaxgan.parallel.DataParallel.sync_axis`)."""
         source = build.data_source(config)
         shape = tuple(source.example_shape)
-        return cls(config, build.gan(config, shape), source, shape)
+        return cls(config, build.gan(config, shape, sync_axis=sync_axis), source, shape)
 
     def init_state(self) -> GANState:
         example = np.zeros((self.config.batch_size, *self.example_shape), np.float32)
@@ -320,7 +323,7 @@ def train(
     if not main:  # one process writes the run directory, the others only checkpoint with it
         echo, progress, observers = (lambda _msg: None), False, ()
     resuming = rundir.inspect(out, config) if main else False
-    run = Run.from_config(config)
+    run = Run.from_config(config, sync_axis=plan.sync_axis)
     total = config.steps
     state = run.init_state()
     if main and not resuming:
@@ -359,11 +362,28 @@ def train(
     state = plan.place(state)  # the unreplicated state -> this mode's layout
 
     chunk_fns: dict[int, Callable] = {}
+    # Host-fed data (TFDS images): chunks scan over stacked host batches, made ahead of time.
+    host_fed = isinstance(run.source, HostSource)
+    prefetch: Prefetcher | None = None
+    if host_fed:
+        check_first_batch(run.source, start, config.d_steps, config.batch_size)
+        prefetch = Prefetcher(run.source, chunk_sizes(start, total, config.log_every),
+                              d_steps=config.d_steps, global_batch=config.batch_size, put=plan.put_fed)
 
     def chunk_fn(n: int):
         if n not in chunk_fns:
-            chunk_fns[n] = plan.train_chunk(run.gan, run.source, config.batch_size, n)
+            if host_fed:
+                chunk_fns[n] = plan.train_chunk_fed(run.gan, run.source.device_transform, config.batch_size)
+            else:
+                chunk_fns[n] = plan.train_chunk(run.gan, run.source, config.batch_size, n)
         return chunk_fns[n]
+
+    def run_chunk(first: int, n: int, state: GANState):
+        if prefetch is None:
+            return chunk_fn(n)(state)
+        got, rounds, batches = next(prefetch)
+        assert (got, rounds) == (first, n), "prefetched chunk out of step with the loop"
+        return chunk_fn(n)(state, batches)
 
     n_plot = 1000 if run.example_shape == (2,) else 64
     sample_fn = jax.jit(lambda s, k: run.gan.sample(s, k, n_plot))
@@ -486,7 +506,7 @@ def train(
         try:
             while step < total:
                 first, step = step, _next_boundary(step, total, config)
-                state, metrics_dev = chunk_fn(step - first)(state)
+                state, metrics_dev = run_chunk(first, step - first, state)
                 if pending is not None:
                     handle(*pending)  # overlaps with the chunk just dispatched
                 pending = (first, metrics_dev)
@@ -511,6 +531,8 @@ def train(
             write_summary(time.perf_counter() - t0, f"non-finite update: {err}", kept[-1] if kept else start)
             raise
         finally:
+            if prefetch is not None:
+                prefetch.close()
             bar.close()
             try:
                 ckpt.wait()

@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxgan.configs import ConfigError
 from jaxgan.gan import GAN, GANState
-from jaxgan.runner import train_chunk
+from jaxgan.runner import train_chunk, train_chunk_fed
 
 Array = jax.Array
 PyTree = Any
@@ -323,6 +323,50 @@ class DataParallel:
     def restore_target(self, state: PyTree) -> PyTree:
         """An unreplicated state laid out as :meth:`for_checkpoint` saves it (restore into it)."""
         return replicate_on(state, self.mesh) if jax.process_count() > 1 else state
+
+    @property
+    def sync_axis(self) -> str | None:
+        """The axis per-device networks reduce batch statistics over (sync batch norm): the
+        device axis under ``pmap``/``shard_map``; None when the step sees the global batch."""
+        return AXIS if self.mode in ("pmap", "shard_map") else None
+
+    def put_fed(self, batches: np.ndarray) -> Array:
+        """This process's host-fed batches ``[rounds, d_steps, B_host, ...]`` in this mode's
+        layout: under ``pmap`` a leading device axis ``[n_local, rounds, d_steps, B/n, ...]``
+        (device ``k`` holding slots ``k*B/n ..``, as :meth:`GAN.example_ids` numbers them);
+        otherwise one array split over the devices along the batch axis (2)."""
+        batches = np.asarray(batches)
+        if self.mode == "jit":
+            return jax.device_put(batches, self.local[0])
+        if self.mode == "pmap":
+            n = len(self.local)
+            rounds, d_steps, b = batches.shape[:3]
+            per = split_batch(b, n)
+            x = np.moveaxis(batches.reshape(rounds, d_steps, n, per, *batches.shape[3:]), 2, 0)
+            sharding = NamedSharding(Mesh(np.asarray(self.local), (AXIS,)), P(AXIS))
+            shards = [jax.device_put(x[k : k + 1], d) for k, d in enumerate(self.local)]
+            return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)
+        return shard_global_batch(batches, self.mesh, batch_axis=2)
+
+    def train_chunk_fed(self, gan: GAN, transform: Callable | None, global_batch: int):
+        """A compiled ``(state, batches) -> (state, metrics [rounds])`` over host-fed batches
+        laid out by :meth:`put_fed` (:func:`jaxgan.runner.train_chunk_fed`); donates the state."""
+        self.local_batch(global_batch)
+        if self.mode == "jit":
+            return jax.jit(functools.partial(train_chunk_fed, gan, transform=transform), donate_argnums=0)
+        if self.mode == "pmap":
+            fn = functools.partial(train_chunk_fed, with_axis(gan), transform=transform)
+            return jax.pmap(fn, axis_name=AXIS, out_axes=(0, None), devices=_global_pmap_devices(self.local),
+                            donate_argnums=(0,))
+        spec = P(None, None, AXIS)
+        if self.mode == "sharding":
+            rep = NamedSharding(self.mesh, P())
+            fn = functools.partial(train_chunk_fed, with_batch_sharding(gan, self.mesh), transform=transform)
+            return jax.jit(fn, in_shardings=(rep, NamedSharding(self.mesh, spec)), out_shardings=(rep, rep),
+                           donate_argnums=0)
+        fn = functools.partial(train_chunk_fed, with_axis(gan), transform=transform)
+        mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), spec), out_specs=(P(), P()), check_vma=False)
+        return jax.jit(mapped, donate_argnums=0)
 
     def train_chunk(self, gan: GAN, source, global_batch: int, rounds: int):
         """A compiled ``state -> (state, metrics [rounds])`` in this mode; donates the state."""

@@ -4,6 +4,9 @@ For samplers that run on device (toy mixtures, in-memory arrays) the real batch 
 is drawn from ``fold_in(fold_in(state.rng, DATA), t)`` inside the compiled chunk, so a chunk of
 ``n`` rounds is one device call with no host traffic. The real example with global index ``i``
 of D update ``j`` is a function of (seed, t, j, i): the same on any number of devices.
+
+Data made on the host (TFDS images) comes in as one stacked array per chunk instead
+(:func:`train_chunk_fed`), with the same keying by position (:mod:`jaxgan.data.host`).
 """
 
 from __future__ import annotations
@@ -33,3 +36,15 @@ def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int
         return gan.train_step(s, round_batches(gan, source, s, local_batch))
 
     return jax.lax.scan(body, state, None, length=rounds)
+
+
+def train_chunk_fed(gan: GAN, state: GANState, batches: Array, transform=None):
+    """Training rounds on host-fed data: ``batches: [rounds, d_steps, B, ...]`` is this device's
+    real data (:mod:`jaxgan.data.host`), ``transform`` maps its storage dtype to what the GAN
+    trains on (e.g. uint8 pixels to [-1, 1]). Returns ``(state, metrics [rounds])``. Pure; the
+    caller jits it."""
+
+    def body(s, batch):
+        return gan.train_step(s, batch if transform is None else transform(batch))
+
+    return jax.lax.scan(body, state, batches)

@@ -26,9 +26,16 @@ class DataWarning(UserWarning):
     """Real data that can train but probably not as intended (e.g. outside [-1, 1])."""
 
 
-def check_batch(batch, example_shape: tuple[int, ...], *, what: str = "data batch") -> None:
+def check_batch(
+    batch,
+    example_shape: tuple[int, ...],
+    *,
+    what: str = "data batch",
+    value_range: tuple[float, float] | None = None,
+) -> None:
     """Raise :class:`DataError` unless ``batch`` is a finite float array ``[B, *example_shape]``
-    (or ``[n, B, *example_shape]``)."""
+    (or ``[n, B, *example_shape]``). With ``value_range=(lo, hi)``, warn when values fall
+    outside it (e.g. images not scaled to [-1, 1], the range of a tanh generator)."""
     arr = np.asarray(batch)
     if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(
@@ -46,6 +53,8 @@ def check_batch(batch, example_shape: tuple[int, ...], *, what: str = "data batc
         raise DataError(
             f"{what} contains {bad} NaN/Inf value(s): clean or drop those examples before training"
         )
+    if value_range is not None and len(example_shape) == 3:
+        check_range(arr.reshape(-1, *example_shape), what=what, low=value_range[0], high=value_range[1])
 
 
 def check_image_layout(example_shape: tuple[int, ...], *, what: str = "data",

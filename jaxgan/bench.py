@@ -1,0 +1,111 @@
+"""Throughput of the library's training step: the compiled chunk that ``jaxgan train`` runs.
+
+:func:`measure` times ``rounds``-round chunks of a config's training step (after compiling and
+one warm-up chunk) and reads the FLOPs of one chunk from XLA's cost analysis; ``jaxgan bench``
+prints it as one JSON line, and ``benchmarks/throughput.py`` puts it beside a hand-fused step,
+PyTorch, and the machine's matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxgan.configs import Config
+from jaxgan.data.host import HostSource
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled function (XLA's cost analysis), or None if unavailable."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best achieved GFLOP/s of an ``n x n`` float32 matmul (a practical peak of this machine)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), np.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), np.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def library_chunk(config: Config, rounds: int):
+    """``(run, fn, args, plan)``: the chunk ``jaxgan train`` runs for ``config`` in its parallel
+    mode (:func:`jaxgan.parallel.plan`; not yet compiled) and its arguments (the placed fresh
+    state, and the placed host batches when the data is host-fed)."""
+    from jaxgan import loop, parallel
+
+    plan = parallel.plan(config.parallel, config.devices)
+    plan.local_batch(config.batch_size)
+    run = loop.Run.from_config(config, sync_axis=plan.sync_axis)
+    state = plan.place(run.init_state())
+    if isinstance(run.source, HostSource):
+        fn = plan.train_chunk_fed(run.gan, run.source.device_transform, config.batch_size)
+        batches = plan.put_fed(run.source.host_batches(0, rounds, config.d_steps, config.batch_size))
+        return run, fn, (state, batches), plan
+    return run, plan.train_chunk(run.gan, run.source, config.batch_size, rounds), (state,), plan
+
+
+def time_chunks(compiled, args: tuple, n_chunks: int) -> tuple[list[float], dict]:
+    """Wall seconds of ``n_chunks`` calls (after one warm-up), threading the state through, and
+    the last chunk's metrics."""
+    state, rest = args[0], args[1:]
+    state, m = compiled(state, *rest)
+    jax.block_until_ready((state, m))
+    times = []
+    for _ in range(n_chunks):
+        t0 = time.perf_counter()
+        state, m = compiled(state, *rest)
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - t0)
+    return times, m
+
+
+def measure(config: Config, steps: int, *, chunk: int | None = None) -> dict[str, Any]:
+    """Compile time, steps/s (median over chunks) and GFLOP per step of ``config``'s training
+    step, run as ``jaxgan train`` runs it (a compiled chunk of rounds)."""
+    rounds = max(1, min(chunk or config.log_every, steps))
+    run, fn, args, plan = library_chunk(config, rounds)
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    flops = compiled_flops(compiled)
+    n_chunks = max(1, steps // rounds)
+    times, metrics = time_chunks(compiled, args, n_chunks)
+    per_step = float(np.median(times)) / rounds
+    out = {
+        "preset": config.preset,
+        "model": config.model,
+        "dataset": config.dataset,
+        "steps": n_chunks * rounds,
+        "chunk": rounds,
+        "batch_size": config.batch_size,
+        "compile_s": round(compile_s, 3),
+        "steps_per_s": round(1.0 / per_step, 3),
+        "gflop_per_step": round(flops / rounds / 1e9, 3) if flops else None,
+        "gflops_achieved": round(flops / rounds / per_step / 1e9, 2) if flops else None,
+        "final_generator_score": float(np.asarray(metrics["generator_score"])[-1]),
+        "devices": plan.num_devices,
+        "parallel": plan.mode,
+        "platform": jax.devices()[0].platform,
+        "machine": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+    }
+    return out

@@ -1,0 +1,160 @@
+"""The DCGAN generator and discriminator (Radford, Metz & Chintala 2016), flax linen.
+
+The layout follows the paper's guidelines (sec. 3: strided convolutions instead of pooling,
+batch norm in both players, ReLU in G with tanh at the output, leaky ReLU in D, no fully
+connected hidden layers) and the PyTorch example (pytorch/examples, ``dcgan/main.py``):
+4x4 kernels with stride 2 and padding 1, no biases, weights drawn from N(0, 0.02) and batch
+norm scales from N(1, 0.02), batch-norm momentum 0.1 (flax's ``momentum=0.9``), eps 1e-5.
+
+For ``image_size = s0 * 2**n`` (s0 = 4 for 32 and 64, s0 = 7 for 28), G maps ``z`` to an
+``s0 x s0 x width * 2**(n-1)`` map with one transposed convolution (kernel s0, VALID), then
+doubles the size n times, halving the width, and ends with ``channels`` and tanh. D mirrors
+it: n strided convolutions doubling the width from ``width``, then one s0 x s0 VALID
+convolution to a logit. At 64 px with width 64 this is exactly the PyTorch example's
+``netG``/``netD`` (ngf = ndf = 64), without D's final sigmoid (the losses take logits).
+
+Options: dropout in D's hidden layers (a remedy for a dominating discriminator); D's
+normalisation ``'batch'`` (DCGAN), ``'spectral'`` (spectral norm on every D layer instead of
+batch norm, Miyato et al. 2018, sec. 2.1; its power-iteration vectors are model state, updated
+only in D's own updates like batch statistics) or ``'none'``; and ``axis_name`` for
+cross-device ("sync") batch norm: under ``pmap``/``shard_map`` each batch-norm layer then
+normalises with the statistics of the global batch (``flax.linen.BatchNorm(axis_name=...)``),
+so n devices with B/n examples each compute what one device computes with B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgan.nets import conv as conv_lib
+from jaxgan.nets.adapters import Network, from_linen
+from jaxgan.nets.conv_transpose import ConvTranspose
+
+Array = jax.Array
+
+NORMS = ("batch", "spectral", "none")
+
+# PyTorch example's weights_init: Conv* weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02).
+conv_init = nn.initializers.normal(stddev=0.02)
+
+
+def bn_scale_init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    """Batch-norm scales drawn from N(1, 0.02) (the PyTorch DCGAN example)."""
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def layout(image_size: int) -> tuple[int, int]:
+    """``(s0, n)`` with ``image_size = s0 * 2**n``, ``n >= 1`` as large as keeps ``s0 >= 4``."""
+    s0, n = int(image_size), 0
+    while s0 % 2 == 0 and s0 // 2 >= 4:
+        s0, n = s0 // 2, n + 1
+    if n < 1:
+        raise ValueError(
+            f"image_size={image_size} does not fit a DCGAN: it must be s0 * 2**n with s0 >= 4 and n >= 1 "
+            "(e.g. 28, 32, 48, 64, 128)"
+        )
+    return s0, n
+
+
+def _batch_norm(train: bool, axis_name: str | None, name: str | None = None) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,
+        axis_name=axis_name if train else None, name=name,
+    )
+
+
+class DCGANGenerator(nn.Module):
+    """``z: [B, latent] -> images: [B, image_size, image_size, channels]`` in [-1, 1]."""
+
+    image_size: int = 64
+    channels: int = 3
+    width: int = 64
+    axis_name: str | None = None
+    fast_conv: bool = True  # jaxgan.nets.ConvTranspose (False: flax.linen.ConvTranspose)
+
+    @nn.compact
+    def __call__(self, z: Array, train: bool = False) -> Array:
+        s0, n = layout(self.image_size)
+        conv_t = ConvTranspose if self.fast_conv else nn.ConvTranspose
+        h = z.reshape(z.shape[0], 1, 1, -1)
+        h = conv_t(self.width * 2 ** (n - 1), (s0, s0), padding="VALID", use_bias=False, kernel_init=conv_init)(h)
+        h = nn.relu(_batch_norm(train, self.axis_name)(h))
+        for i in range(1, n):
+            # k4 s2 'SAME' pads the dilated input by (2, 2): PyTorch's ConvTranspose2d(4, 2, 1).
+            h = conv_t(self.width * 2 ** (n - 1 - i), (4, 4), (2, 2), padding="SAME", use_bias=False,
+                       kernel_init=conv_init)(h)
+            h = nn.relu(_batch_norm(train, self.axis_name)(h))
+        h = conv_t(self.channels, (4, 4), (2, 2), padding="SAME", use_bias=False, kernel_init=conv_init)(h)
+        return jnp.tanh(h)
+
+
+class DCGANDiscriminator(nn.Module):
+    """``images: [B, H, W, C] -> logits: [B]`` (H = W = ``image_size``)."""
+
+    image_size: int = 64
+    width: int = 64
+    norm: str = "batch"
+    dropout: float = 0.0
+    axis_name: str | None = None
+    fast_conv: bool = True  # convolutions with canonical gradients (jaxgan.nets.conv)
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r}: choose one of {', '.join(NORMS)}")
+        s0, n = layout(self.image_size)
+        if x.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"the discriminator was built for {self.image_size}x{self.image_size} images, got {x.shape[1:3]}"
+            )
+        use_bias = self.norm != "batch"
+
+        def conv(features, kernel, strides, padding):
+            fast = conv_lib.conv_general_dilated if self.fast_conv else None
+            layer = nn.Conv(features, kernel, strides, padding=padding, use_bias=use_bias, kernel_init=conv_init,
+                            conv_general_dilated=fast)
+            if self.norm == "spectral":
+                return lambda h: nn.SpectralNorm(layer)(h, update_stats=train)
+            return layer
+
+        h = x
+        for i in range(n):
+            h = conv(self.width * 2**i, (4, 4), (2, 2), ((1, 1), (1, 1)))(h)
+            if i > 0 and self.norm == "batch":  # DCGAN: no batch norm on D's input layer
+                h = _batch_norm(train, self.axis_name)(h)
+            h = nn.leaky_relu(h, 0.2)
+            if self.dropout > 0.0:
+                h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = conv(1, (s0, s0), (1, 1), "VALID")(h)
+        return h.reshape(x.shape[0])
+
+
+def dcgan_pair(
+    image_shape: Sequence[int],
+    latent_dim: int,
+    *,
+    g_width: int = 64,
+    d_width: int = 64,
+    d_norm: str = "batch",
+    d_dropout: float = 0.0,
+    axis_name: str | None = None,
+    fast_conv: bool = True,
+) -> tuple[Network, Network]:
+    """The DCGAN generator and discriminator for images ``[H, W, C]`` (H = W) as Networks."""
+    if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
+        raise ValueError(
+            f"DCGAN needs square images [size, size, channels], got example shape {tuple(image_shape)}: "
+            "set image_size to resize/crop the data"
+        )
+    size, channels = int(image_shape[0]), int(image_shape[2])
+    layout(size)
+    if d_norm not in NORMS:
+        raise ValueError(f"d_norm={d_norm!r}: choose one of {', '.join(NORMS)}")
+    g = DCGANGenerator(image_size=size, channels=channels, width=g_width, axis_name=axis_name, fast_conv=fast_conv)
+    d = DCGANDiscriminator(image_size=size, width=d_width, norm=d_norm, dropout=d_dropout, axis_name=axis_name,
+                           fast_conv=fast_conv)
+    return from_linen(g, latent_dim=latent_dim), from_linen(d)

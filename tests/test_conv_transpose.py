@@ -1,0 +1,130 @@
+"""jaxgan.nets.ConvTranspose against flax.linen.ConvTranspose: parameters, values, gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan.nets import ConvTranspose
+from jaxgan.nets.conv_transpose import conv_transpose
+
+# (input spatial shape, kernel, strides, padding, kernel_dilation, transpose_kernel)
+CASES = [
+    ((1, 1), (4, 4), (1, 1), "VALID", None, False),  # DCGAN: latent -> 4x4
+    ((1, 1), (7, 7), (1, 1), "VALID", None, False),  # DCGAN-28: latent -> 7x7
+    ((4, 4), (4, 4), (2, 2), "SAME", None, False),  # DCGAN upsampling (PyTorch k4 s2 p1)
+    ((7, 7), (4, 4), (2, 2), "SAME", None, False),  # DCGAN-28: 7 -> 14
+    ((4, 4), (4, 4), (2, 2), ((2, 2), (2, 2)), None, False),  # the same as explicit padding
+    ((5, 6), (3, 3), (2, 2), "SAME", None, False),  # kernel not a multiple of the stride
+    ((5, 5), (3, 3), (2, 2), "VALID", None, False),
+    ((4, 5), (4, 3), (3, 2), ((1, 2), (0, 3)), None, False),  # uneven strides and paddings
+    ((6, 6), (5, 5), (2, 2), ((4, 4), (4, 4)), None, False),  # padding larger than the kernel span
+    ((5, 5), (3, 3), (2, 1), "SAME", (2, 1), False),  # dilated kernel
+    ((4, 4), (4, 4), (2, 2), "SAME", None, True),  # PyTorch-style kernel layout
+    ((9,), (4,), (2,), "SAME", None, False),  # 1-D
+    ((3, 3, 3), (2, 3, 2), (2, 1, 2), "VALID", None, False),  # 3-D
+]
+
+
+def _pair(spatial, kernel, strides, padding, dilation, transpose_kernel, features=5, c_in=3):
+    kwargs = dict(features=features, kernel_size=kernel, strides=strides, padding=padding,
+                  kernel_dilation=dilation, transpose_kernel=transpose_kernel)
+    x = jax.random.normal(jax.random.key(1), (2, *spatial, c_in))
+    return ConvTranspose(**kwargs), nn.ConvTranspose(**kwargs), x
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_same_params_values_and_gradients_as_flax(case):
+    ours, theirs, x = _pair(*case)
+    params = jax.jit(theirs.init)(jax.random.key(0), x)
+    ours_params = jax.jit(ours.init)(jax.random.key(0), x)
+    # Same parameter names, shapes and initial values (same initialisers, same key).
+    jax.tree.map(np.testing.assert_array_equal, ours_params, params)
+
+    @jax.jit
+    def both(p, xx):
+        out = []
+        for module in (ours, theirs):
+            y = module.apply(p, xx)
+            cot = jax.random.normal(jax.random.key(2), y.shape)
+            loss = lambda p_, x_, m=module, c=cot: jnp.sum(m.apply(p_, x_) * c)
+            out.append((y, jax.grad(loss, argnums=(0, 1))(p, xx)))
+        return out
+
+    (y, g), (y_ref, g_ref) = both(params, x)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g, g_ref)
+
+
+def test_second_order_gradient_matches_flax():
+    """Reverse-over-reverse (as in a gradient penalty through the generator) agrees."""
+    ours, theirs, x = _pair((4, 4), (4, 4), (2, 2), "SAME", None, False)
+    params = theirs.init(jax.random.key(0), x)
+
+    def penalty(module):
+        def inner(p, xx):
+            return jnp.sum(jnp.tanh(module.apply(p, xx)))
+
+        return lambda p: jnp.sum(jax.grad(inner, argnums=1)(p, x) ** 2)
+
+    h_ref = jax.jit(jax.grad(penalty(theirs)))(params)
+    h = jax.jit(jax.grad(penalty(ours)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), h, h_ref)
+
+
+def test_batch_dims_and_mask_like_flax():
+    mask = (jax.random.uniform(jax.random.key(3), (3, 3, 2, 4)) > 0.5).astype(jnp.float32)
+    kwargs = dict(features=4, kernel_size=(3, 3), strides=(2, 2), mask=mask)
+    x = jax.random.normal(jax.random.key(1), (2, 3, 5, 5, 2))  # two batch dimensions
+    params = jax.jit(nn.ConvTranspose(**kwargs).init)(jax.random.key(0), x)
+    for xx in (x, x[0, 0]):  # several batch dims, and none
+        np.testing.assert_allclose(
+            jax.jit(ConvTranspose(**kwargs).apply)(params, xx), jax.jit(nn.ConvTranspose(**kwargs).apply)(params, xx),
+            rtol=1e-5, atol=1e-5,
+        )
+
+
+def _lhs_dilated_convs(fn, *args) -> int:
+    """How many convolutions in ``fn``'s jaxpr dilate their input (the slow path when it is a
+    kernel gradient)."""
+    count = 0
+
+    def walk(jaxpr):
+        nonlocal count
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated" and any(d > 1 for d in eqn.params["lhs_dilation"]):
+                count += 1
+            for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else ():
+                walk(sub)
+            for v in eqn.params.values():
+                if hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+                    walk(v.jaxpr)
+                elif hasattr(v, "eqns"):
+                    walk(v)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return count
+
+
+def test_kernel_gradient_avoids_the_dilated_convolution():
+    """flax's kernel gradient is a second input-dilated convolution; ours is a strided one, so
+    the only input-dilated convolution left is the forward pass itself."""
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    k = jax.random.normal(jax.random.key(0), (4, 4, 3, 5))
+
+    def ours(kk):
+        return jnp.sum(conv_transpose(x, kk, (2, 2), "SAME") ** 2)
+
+    def theirs(kk):
+        return jnp.sum(jax.lax.conv_transpose(x, kk, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+
+    assert _lhs_dilated_convs(jax.grad(theirs), k) == 2
+    assert _lhs_dilated_convs(jax.grad(ours), k) == 1
+
+
+def test_circular_padding_is_refused_with_the_alternative():
+    layer = ConvTranspose(features=2, kernel_size=(3, 3), padding="CIRCULAR")
+    with pytest.raises(NotImplementedError, match=r"flax\.linen\.ConvTranspose"):
+        layer.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
