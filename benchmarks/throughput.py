@@ -1,0 +1,246 @@
+"""Training-step throughput: jaxgan vs a hand-fused jitted step vs PyTorch eager, in one run.
+
+For each preset (``dcgan32``, ``dcgan64``: the pytorch/examples DCGAN, nz=100, ngf=ndf=64,
+3 channels, batch 64, Adam 2e-4/0.5; ``ring8``: the toy MLP GAN, 2x128 MLPs, batch 512) it
+measures, interleaving the three so that machine load hits them alike:
+
+* ``jaxgan``: the compiled chunk ``jaxgan train`` runs (:func:`jaxgan.bench.library_chunk`:
+  ``GAN.train_step`` scanned over rounds, data drawn on device, every metric computed);
+* ``fused``: one hand-written jitted function doing the same model's round (same flax modules,
+  same data draw, G forward in the D update, fresh latents in the G update, Adam) with nothing
+  else, scanned over the same number of rounds: the library's overhead is jaxgan vs this;
+* ``torch``: :mod:`torch_dcgan` (PyTorch eager, same work per step), if torch is installed.
+
+It prints one JSON line per preset (steps/s of each, the ratios, XLA's FLOPs per step and the
+achieved GFLOP/s against a matmul peak measured in the same run, compile time, versions) and a
+table. Run from the repository root::
+
+    python benchmarks/throughput.py                     # all three presets
+    python benchmarks/throughput.py --preset dcgan32 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from jaxgan import bench, configs, loop
+from jaxgan.runner import round_batches
+
+PRESETS = {
+    # preset: (rounds per timed chunk, default timed chunks per repeat)
+    "dcgan32": (5, 2),
+    "dcgan64": (2, 1),
+    "ring8": (100, 3),
+}
+
+
+def fused_chunk(run: loop.Run, rounds: int):
+    """A hand-fused round of the same model, scanned ``rounds`` times: the reference for the
+    library's overhead. Only the two losses are returned as metrics."""
+    gan, config = run.gan, run.config
+    g_mod, d_mod = _linen_modules(run)
+    g_opt, d_opt = gan.g_optimizer, gan.d_optimizer
+    batch = config.batch_size
+
+    def g_apply(params, stats, z):
+        return g_mod.apply({"params": params, **stats}, z, train=True, mutable=list(stats) or False)
+
+    def d_apply(params, stats, x, key):
+        return d_mod.apply({"params": params, **stats}, x, train=True, mutable=list(stats) or False,
+                           rngs={"dropout": key})
+
+    def split(out, stats):
+        return out if stats else (out, stats)
+
+    def one_round(carry, t):
+        gp, gs, go, dp, ds, do, rng = carry
+        key = jax.random.fold_in(rng, t)
+        k_z1, k_z2, k_d1, k_d2 = jax.random.split(key, 4)
+        real = round_batches(gan, run.source, _FakeState(rng, t), batch)[0]
+        z1 = jax.random.normal(k_z1, (batch, gan.latent_dim))
+        z2 = jax.random.normal(k_z2, (batch, gan.latent_dim))
+        fake, _ = split(g_apply(gp, gs, z1), gs)
+
+        def d_loss(params):
+            lr, s1 = split(d_apply(params, ds, real, k_d1), ds)
+            lf, s2 = split(d_apply(params, s1, fake, k_d2), s1)
+            return jnp.mean(jax.nn.softplus(-lr)) + jnp.mean(jax.nn.softplus(lf)), s2
+
+        (ld, ds_new), grads = jax.value_and_grad(d_loss, has_aux=True)(dp)
+        updates, do = d_opt.update(grads, do, dp)
+        dp = optax.apply_updates(dp, updates)
+
+        def g_loss(params):
+            f, gs_new = split(g_apply(params, gs, z2), gs)
+            logits, _ = split(d_apply(dp, ds_new, f, k_d1), ds_new)
+            return jnp.mean(jax.nn.softplus(-logits)), gs_new
+
+        (lg, gs), grads = jax.value_and_grad(g_loss, has_aux=True)(gp)
+        updates, go = g_opt.update(grads, go, gp)
+        gp = optax.apply_updates(gp, updates)
+        return (gp, gs, go, dp, ds_new, do, rng), {"d_loss": ld, "g_loss": lg}
+
+    def chunk(carry, first):
+        return jax.lax.scan(one_round, carry, first + jnp.arange(rounds))
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+class _FakeState:
+    """Just what ``runner.round_batches`` reads from a state (rng and step)."""
+
+    def __init__(self, rng, step):
+        self.rng, self.step = rng, step
+
+
+def _linen_modules(run: loop.Run):
+    """The flax modules behind the run's Networks (rebuilt from the config: same classes)."""
+    from jaxgan.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+    from jaxgan.nets.mlp import MLPDiscriminator, MLPGenerator
+
+    c, shape = run.config, run.example_shape
+    if c.model == "dcgan":
+        return (DCGANGenerator(image_size=shape[0], channels=shape[2], width=c.g_width),
+                DCGANDiscriminator(image_size=shape[0], width=c.d_width, norm=c.d_norm, dropout=c.d_dropout))
+    return (MLPGenerator(out_shape=shape, hidden=c.g_hidden, activation=c.activation),
+            MLPDiscriminator(hidden=c.d_hidden, activation=c.activation, dropout=c.d_dropout))
+
+
+def fused_carry(state):
+    """The fused chunk's carry from a GANState (same initial weights)."""
+    copy = functools.partial(jax.tree.map, lambda x: jnp.array(x, copy=True))
+    players = (state.g.params, state.g.model_state, state.g.opt_state, state.d.params, state.d.model_state,
+               state.d.opt_state)
+    return (*copy(players), jax.random.clone(state.rng))
+
+
+def torch_peer(config: configs.Config, threads: int | None):
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    if threads:
+        torch.set_num_threads(threads)
+    from torch_dcgan import Peer
+
+    if config.model == "dcgan":
+        peer = Peer("dcgan", image_size=int(config.dataset.split(":")[1].split("x")[0]), batch=config.batch_size,
+                    nz=config.latent_dim, width=config.g_width, lr_g=config.g_lr, lr_d=config.d_lr, b1=config.b1)
+    else:
+        peer = Peer("mlp", batch=config.batch_size, nz=config.latent_dim, lr_g=config.g_lr, lr_d=config.d_lr,
+                    b1=config.b1, mlp_activation=config.activation)
+    return peer, torch.__version__
+
+
+def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads: int | None) -> dict:
+    config = configs.preset(name)
+    rounds, default_chunks = PRESETS[name]
+    chunks = chunks or default_chunks
+    run, lib_fn, lib_args = bench.library_chunk(config, rounds)
+    t0 = time.perf_counter()
+    lib = lib_fn.lower(*lib_args).compile()
+    lib_compile = time.perf_counter() - t0
+    lib_flops = bench.compiled_flops(lib)
+
+    fused_fn = fused_chunk(run, rounds)
+    carry = fused_carry(lib_args[0])
+    t0 = time.perf_counter()
+    fused = fused_fn.lower(carry, 0).compile()
+    fused_compile = time.perf_counter() - t0
+    fused_flops = bench.compiled_flops(fused)
+
+    peer, torch_version = torch_peer(config, threads)
+
+    lib_state = lib_args[0]
+    times: dict[str, list[float]] = {"jaxgan": [], "fused": [], "torch": []}
+    # warm-up
+    lib_state, m = lib(lib_state)
+    jax.block_until_ready(m)
+    carry, m = fused(carry, 0)
+    jax.block_until_ready(m)
+    if peer is not None:
+        peer.time_steps(1, warmup=1)
+    for r in range(repeats):
+        for _ in range(chunks):
+            t0 = time.perf_counter()
+            lib_state, m = lib(lib_state)
+            jax.block_until_ready(m)
+            times["jaxgan"].append((time.perf_counter() - t0) / rounds)
+        for c in range(chunks):
+            t0 = time.perf_counter()
+            carry, m = fused(carry, (r * chunks + c + 1) * rounds)
+            jax.block_until_ready(m)
+            times["fused"].append((time.perf_counter() - t0) / rounds)
+        if peer is not None:
+            times["torch"] += peer.time_steps(max(1, min(rounds, 10)) * chunks, warmup=0)
+    rate = {k: 1.0 / float(np.median(v)) for k, v in times.items() if v}
+    out = {
+        "benchmark": "throughput",
+        "preset": name,
+        "model": config.model,
+        "dataset": config.dataset,
+        "batch_size": config.batch_size,
+        "command": " ".join(["python", *sys.argv]),
+        "steps_per_s": {k: round(v, 3) for k, v in rate.items()},
+        "jaxgan_over_torch": round(rate["jaxgan"] / rate["torch"], 3) if "torch" in rate else None,
+        "library_overhead_pct": round(100.0 * (rate["fused"] / rate["jaxgan"] - 1.0), 2),
+        "gflop_per_step": {"jaxgan": _g(lib_flops), "fused": _g(fused_flops)},
+        "gflops_achieved": round(lib_flops * rate["jaxgan"] / 1e9, 2) if lib_flops else None,
+        "matmul_peak_gflops": round(peak, 1),
+        "fraction_of_peak": round(lib_flops * rate["jaxgan"] / 1e9 / peak, 3) if lib_flops else None,
+        "compile_s": {"jaxgan": round(lib_compile, 2), "fused": round(fused_compile, 2)},
+        "samples": {k: len(v) for k, v in times.items()},
+        "rounds_per_chunk": rounds,
+        "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "jax": jax.__version__,
+        "torch": torch_version,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    return out
+
+
+def _g(flops):
+    return round(flops / 1e9, 3) if flops else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", action="append", choices=sorted(PRESETS), help="default: all")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of measurement")
+    p.add_argument("--chunks", type=int, default=None, help="timed chunks per repeat (default per preset)")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    a = p.parse_args(argv)
+    peak = bench.matmul_peak()
+    rows = []
+    for name in a.preset or list(PRESETS):
+        row = run_preset(name, a.repeats, a.chunks, peak, a.torch_threads)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\nmatmul peak (jax, 2048^2 f32): {peak:.1f} GFLOP/s", file=sys.stderr)
+    print(f"{'preset':10s} {'jaxgan':>9s} {'fused':>9s} {'torch':>9s} {'jaxgan/torch':>12s} {'overhead%':>9s} "
+          f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of peak':>7s}", file=sys.stderr)
+    for r in rows:
+        s = r["steps_per_s"]
+        print(f"{r['preset']:10s} {s['jaxgan']:9.3f} {s['fused']:9.3f} {s.get('torch', float('nan')):9.3f} "
+              f"{r['jaxgan_over_torch'] or float('nan'):12.3f} {r['library_overhead_pct']:9.2f} "
+              f"{r['gflop_per_step']['jaxgan'] or float('nan'):10.3f} {r['gflops_achieved'] or float('nan'):8.1f} "
+              f"{r['fraction_of_peak'] or float('nan'):7.3f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
