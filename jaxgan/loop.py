@@ -41,7 +41,7 @@ import numpy as np
 from jaxgan import build, diagnose, parallel, rundir, viz
 from jaxgan.checkpoint import Checkpointer, CheckpointError
 from jaxgan.configs import Config
-from jaxgan.data.host import HostSource, Prefetcher, check_first_batch, chunk_sizes
+from jaxgan.data.host import HostSource, Prefetcher, check_first_batch
 from jaxgan.gan import GAN, GANState
 
 
@@ -367,8 +367,8 @@ def train(
     prefetch: Prefetcher | None = None
     if host_fed:
         check_first_batch(run.source, start, config.d_steps, config.batch_size)
-        prefetch = Prefetcher(run.source, chunk_sizes(start, total, config.log_every),
-                              d_steps=config.d_steps, global_batch=config.batch_size, put=plan.put_fed)
+        prefetch = Prefetcher(run.source, d_steps=config.d_steps, global_batch=config.batch_size, total=total,
+                              put=plan.put_fed)
 
     def chunk_fn(n: int):
         if n not in chunk_fns:
@@ -381,9 +381,7 @@ def train(
     def run_chunk(first: int, n: int, state: GANState):
         if prefetch is None:
             return chunk_fn(n)(state)
-        got, rounds, batches = next(prefetch)
-        assert (got, rounds) == (first, n), "prefetched chunk out of step with the loop"
-        return chunk_fn(n)(state, batches)
+        return chunk_fn(n)(state, prefetch.get(first, n))
 
     n_plot = 1000 if run.example_shape == (2,) else 64
     sample_fn = jax.jit(lambda s, k: run.gan.sample(s, k, n_plot))

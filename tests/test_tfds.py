@@ -5,17 +5,16 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import jax
 import numpy as np
 import pytest
-import tfds_datasets
 from PIL import Image
 
 from jaxgan.data import DataError, check_batch
-from jaxgan.data.host import IndexedImages, Prefetcher, chunk_sizes, epoch_permutation, stream_positions
+from jaxgan.data.host import IndexedImages, Prefetcher, epoch_permutation, stream_positions
 from jaxgan.data.tfds import TFDSImages, load_images
+from tests import tfds_datasets
 
 
 @pytest.fixture(scope="session")
@@ -122,28 +121,26 @@ def test_check_batch_warns_outside_unit_range():
         check_batch(np.full((2, 3), 200.0, np.float32), (3,), value_range=(-1.0, 1.0))
 
 
-def test_prefetcher_delivers_chunks_in_order_and_stops():
+def test_prefetcher_serves_any_schedule_and_overlaps_predicted_chunks():
     src = _index_source()
-    chunks = list(chunk_sizes(3, 20, 5))
-    assert chunks == [(3, 2), (5, 5), (10, 5), (15, 5)]
-    with Prefetcher(src, iter(chunks), d_steps=1, global_batch=4) as pre:
-        got = list(pre)
-    assert [(f, n) for f, n, _ in got] == chunks
-    np.testing.assert_array_equal(np.asarray(got[1][2]), src.host_batches(5, 5, 1, 4))
-    before = threading.active_count()
-    pre = Prefetcher(src, chunk_sizes(0, 10**6, 5), d_steps=1, global_batch=4)
-    next(pre)
-    pre.close()
-    assert threading.active_count() <= before
+    with Prefetcher(src, d_steps=1, global_batch=4, total=20) as pre:
+        for first, n in [(3, 2), (5, 5), (10, 5), (15, 3), (18, 2)]:
+            np.testing.assert_array_equal(np.asarray(pre.get(first, n)), src.host_batches(first, n, 1, 4))
+    # Predicted: (5, 2) after (3, 2) missed, (10, 5) and (15, 5) predicted, (15, 3) missed, (18, 2) hit.
+    assert pre.misses == 2
 
 
 def test_prefetcher_hands_errors_to_the_consumer():
     class Broken:
-        def host_batches(self, *args):
-            raise OSError("disk gone")
+        def host_batches(self, first, *args):
+            if first > 0:
+                raise OSError("disk gone")
+            return np.zeros((1, 1, 2, 1), np.uint8)
 
-    with Prefetcher(Broken(), iter([(0, 1)]), d_steps=1, global_batch=2) as pre, pytest.raises(OSError, match="disk"):
-        next(pre)
+    with Prefetcher(Broken(), d_steps=1, global_batch=2, total=10) as pre:
+        pre.get(0, 1)
+        with pytest.raises(OSError, match="disk"):
+            pre.get(1, 1)
 
 
 # ---------------------------------------------------------------------- named datasets, errors
@@ -207,7 +204,8 @@ def test_train_on_tfds_digits_writes_samples_and_resumes_exactly(data_dir, tmp_p
     config = _digits_config(data_dir, steps=4)
     straight = loop.train(config, str(tmp_path / "a"), progress=False, echo=lambda m: None)
     assert os.path.isfile(tmp_path / "a" / "samples_000004.png")
-    rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    with open(tmp_path / "a" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
     assert [r["step"] for r in rows if "d_loss" in r] == [2, 4]
     # Interrupted at step 2, then resumed: the same batches, hence the same weights.
     loop.train(_digits_config(data_dir, steps=2), str(tmp_path / "b"), progress=False, echo=lambda m: None)

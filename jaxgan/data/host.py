@@ -23,10 +23,10 @@ algorithm) ranked by a stable sort, so they do not change across numpy versions.
 
 from __future__ import annotations
 
-import queue
+import concurrent.futures
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -172,68 +172,48 @@ class IndexedImages:
             )
 
 
-def chunk_sizes(start: int, total: int, every: int) -> Iterator[tuple[int, int]]:
-    """``(first_round, rounds)`` of the loop's compiled chunks: they end on multiples of
-    ``every`` (the logging period) and at ``total``."""
-    step = start
-    while step < total:
-        n = min(every - step % every, total - step)
-        yield step, n
-        step += n
-
-
 class Prefetcher:
-    """Makes the host batches of upcoming chunks on a background thread and puts them on the
-    device (``put``), ``depth`` chunks ahead, so the host pipeline overlaps compute.
+    """Makes host batches ahead of the loop on a background thread and puts them on the device
+    (``put``), so the host pipeline overlaps compute.
 
-    Iterate to get ``(first_round, rounds, batches)`` in order; :meth:`close` stops the thread.
-    An error on the thread is raised by the iteration that would have received its batch.
+    :meth:`get` ``(first_round, rounds)`` returns that chunk's batches (made now if it was not
+    the one predicted) and starts making the next one, predicted to have the same length (cut at
+    ``total``). Any chunk schedule is served correctly; a wrong prediction only costs one chunk
+    made without overlap. Errors on the thread are raised by :meth:`get`.
     """
 
-    def __init__(self, source: HostSource, chunks: Iterator[tuple[int, int]], *, d_steps: int,
-                 global_batch: int, put: Callable[[np.ndarray], Any] = jax.device_put, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
+    def __init__(self, source: HostSource, *, d_steps: int, global_batch: int, total: int | None = None,
+                 put: Callable[[np.ndarray], Any] = jax.device_put):
+        self._source, self._d_steps, self._batch = source, d_steps, global_batch
+        self._total, self._put = total, put
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxgan-prefetch")
+        self._pending: tuple[tuple[int, int], concurrent.futures.Future] | None = None
+        self.misses = 0
 
-        def work():
-            try:
-                for first, n in chunks:
-                    if self._stop.is_set():
-                        return
-                    batch = put(source.host_batches(first, n, d_steps, global_batch))
-                    while not self._stop.is_set():
-                        try:
-                            self._queue.put((first, n, batch), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-            except BaseException as err:  # handed to the consumer, which re-raises it
-                self._queue.put(err)
-                return
-            self._queue.put(None)
+    def _make(self, first: int, rounds: int):
+        return self._put(self._source.host_batches(first, rounds, self._d_steps, self._batch))
 
-        self._thread = threading.Thread(target=work, name="jaxgan-prefetch", daemon=True)
-        self._thread.start()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[int, int, Any]:
-        item = self._queue.get()
-        if item is None:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
+    def get(self, first_round: int, rounds: int):
+        """Batches ``[rounds, d_steps, B_host, ...]`` of rounds ``[first_round, first_round + rounds)``."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == (first_round, rounds):
+            batches = pending[1].result()
+        else:
+            if pending is not None:
+                pending[1].cancel()
+                self.misses += 1
+            batches = self._make(first_round, rounds)
+        nxt = first_round + rounds
+        n = rounds if self._total is None else min(rounds, self._total - nxt)
+        if n > 0:
+            self._pending = ((nxt, n), self._pool.submit(self._make, nxt, n))
+        return batches
 
     def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self._thread.join()
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self):
         return self
