@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -337,6 +338,8 @@ LOSS_NAMES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_square
 DATASETS = ("ring8", "grid25", "gaussian1d", "gaussian2d")
 PARALLEL_MODES = ("pmap", "sharding", "shard_map")
 MODELS = ("mlp", "dcgan")
+# A TFDS dataset name: snake_case, optionally /config and :version (e.g. celeb_a, mnist:3.*.*).
+TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9*]+\.[0-9*]+\.[0-9*]+)?")
 D_NORMS = ("batch", "spectral", "none")
 
 
@@ -353,7 +356,8 @@ def validate(c: Config) -> Config:
     need(c.loss in LOSS_NAMES, "loss", f"unknown loss; choose one of {', '.join(LOSS_NAMES)}")
     # Any other name is looked up in TFDS when the data source is built (before compiling).
     need(
-        bool(c.dataset.strip()),
+        c.dataset in DATASETS or c.dataset.endswith(".npy") or c.dataset.startswith("random:")
+        or TFDS_NAME.fullmatch(c.dataset) is not None,
         "dataset",
         f"choose one of {', '.join(DATASETS)}, a path to a .npy array [N, ...], random:HxWxC, or a TFDS "
         "image dataset such as mnist or cifar10",
