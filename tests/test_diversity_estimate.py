@@ -36,3 +36,21 @@ def test_estimate_reads_collapse_and_matching_spread():
     collapsed = (100.0 + 1e-3 * rng.normal(size=(256, 3, 4, 4))).astype(np.float32)  # far from the origin
     assert abs(float(scores.diversity_estimate(jnp.asarray(real), jnp.asarray(other))) - 1.0) < 0.05
     assert float(scores.diversity_estimate(jnp.asarray(real), jnp.asarray(collapsed))) < 0.01
+
+
+def test_estimate_over_devices_is_the_one_of_the_gathered_batch():
+    """With axis_name (vmap stands in for 4 devices) the neighbour pairs run over the whole
+    batch: the value equals numpy's on the unsplit batch, whatever the split."""
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(12, 5)), 0.5 * rng.normal(size=(12, 5))
+
+    def neighbours(x):
+        return np.mean(np.sqrt(np.sum((x - np.roll(x, 1, axis=0)) ** 2, axis=1)))
+
+    expected = neighbours(fake) / neighbours(real)
+    for devices in (2, 4):
+        r, f = (jnp.asarray(a, jnp.float32).reshape(devices, 12 // devices, 5) for a in (real, fake))
+        got = jax.vmap(lambda a, b: scores.diversity_estimate(a, b, "d"), axis_name="d")(r, f)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(scores.diversity_estimate(jnp.asarray(real), jnp.asarray(fake))), expected,
+                               rtol=1e-5)
