@@ -149,7 +149,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     config = configs.preset(name)
     rounds, default_chunks = PRESETS[name]
     chunks = chunks or default_chunks
-    run, lib_fn, lib_args = bench.library_chunk(config, rounds)
+    run, lib_fn, lib_args, _plan = bench.library_chunk(config, rounds)
     t0 = time.perf_counter()
     lib = lib_fn.lower(*lib_args).compile()
     lib_compile = time.perf_counter() - t0

@@ -86,7 +86,7 @@ def measure(config: Config, steps: int, *, chunk: int | None = None) -> dict[str
     """Compile time, steps/s (median over chunks) and GFLOP per step of ``config``'s training
     step, run as ``jaxgan train`` runs it (a compiled chunk of rounds)."""
     rounds = max(1, min(chunk or config.log_every, steps))
-    run, fn, args, plan = library_chunk(config, rounds)
+    _run, fn, args, plan = library_chunk(config, rounds)
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t0
