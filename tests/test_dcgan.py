@@ -285,3 +285,21 @@ def test_sync_batch_norm_makes_two_devices_equal_one():
     assert sync_diff < 1e-4 and sync_spread < 1e-6
     # Per-device BN normalises with 4-example statistics: a different trajectory.
     assert local_diff > 100 * max(sync_diff, 1e-6)
+
+
+# ---------------------------------------------------------------------- bench
+
+
+def test_bench_dcgan32_prints_one_json_object_last():
+    """`jaxgan bench --preset dcgan32` (narrowed so it compiles quickly) times the DCGAN chunk and
+    reports XLA's FLOPs per step: a DCGAN round is far more than a toy one."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-m", "jaxgan", "bench", "--preset", "dcgan32", "--steps", "2", "--set",
+                          "g_width=8", "d_width=8", "batch_size=8", "log_every=1"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = __import__("json").loads(res.stdout.strip().splitlines()[-1])
+    assert out["preset"] == "dcgan32" and out["model"] == "dcgan" and out["steps"] == 2
+    assert out["steps_per_s"] > 0 and 0.0 < out["final_generator_score"] < 1.0
+    # G and D convolutions at width 8 on 8 images of 32x32: tens of MFLOP per round at least.
+    assert out["gflop_per_step"] > 0.01
