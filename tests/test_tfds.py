@@ -234,3 +234,33 @@ def test_train_on_tfds_digits_writes_samples_and_resumes_exactly(data_dir, tmp_p
     assert resumed.start_step == 2
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                  resumed.state.g.params, straight.state.g.params)
+
+
+MODES_SCRIPT = """
+import json, os, sys
+from jaxgan import configs, loop
+data_dir, out = sys.argv[1], sys.argv[2]
+rows = {}
+for name, kw in (("jit", {"devices": 1}), ("sharding", {"devices": 2, "parallel": "sharding"}),
+                 ("shard_map", {"devices": 2, "parallel": "shard_map"})):
+    c = configs.apply_overrides(configs.preset("dcgan-mnist"), {
+        "dataset": "jaxgan_test_digits", "data_dir": data_dir, "image_size": 16, "g_width": 8, "d_width": 8,
+        "latent_dim": 16, "batch_size": 16, "log_every": 1, "plot_every": 2, "ckpt_every": 2, "steps": 2, **kw})
+    r = loop.train(c, os.path.join(out, name), progress=False, echo=lambda m: None)
+    rows[name] = r.last_metrics
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.slow
+def test_host_fed_batches_split_over_a_mesh_train_like_one_device(data_dir, tmp_path):
+    """Host-fed TFDS batches under jit+sharding and shard_map on 2 devices (the batch axis split
+    over the mesh): the same metrics as one device."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    res = subprocess.run([sys.executable, "-c", MODES_SCRIPT, data_dir, str(tmp_path)], capture_output=True,
+                         text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    for mode in ("sharding", "shard_map"):
+        for key in ("d_loss", "g_loss", "diversity", "d_grad_norm", "g_grad_norm"):
+            np.testing.assert_allclose(rows[mode][key], rows["jit"][key], rtol=1e-4, err_msg=f"{mode} {key}")
