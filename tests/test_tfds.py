@@ -113,12 +113,14 @@ def test_permutation_is_a_permutation_and_seeded():
 def test_pixels_map_to_unit_range_on_device():
     src = _index_source()
     x = np.array([0, 255, 51], np.uint8)
-    np.testing.assert_allclose(jax.jit(src.device_transform)(x), [-1.0, 1.0, 51 / 127.5 - 1], rtol=1e-6)
+    y = np.asarray(jax.jit(src.device_transform)(x))
+    np.testing.assert_allclose(y, [-1.0, 1.0, 51 / 127.5 - 1], rtol=1e-6)
+    assert y[0] == -1.0 and y[1] == 1.0  # exactly: the range check must not flag real pixels
 
 
 def test_check_batch_warns_outside_unit_range():
-    with pytest.warns(UserWarning, match=r"outside \[-1, 1\]"):
-        check_batch(np.full((2, 3), 200.0, np.float32), (3,), value_range=(-1.0, 1.0))
+    with pytest.warns(UserWarning, match=r"outside the \[-1, 1\]"):
+        check_batch(np.full((2, 4, 4, 1), 200.0, np.float32), (4, 4, 1), value_range=(-1.0, 1.0))
 
 
 def test_prefetcher_serves_any_schedule_and_overlaps_predicted_chunks():

@@ -59,8 +59,9 @@ class HostSource(Protocol):
 
 
 def pixels_to_unit_range(x: Array) -> Array:
-    """uint8 pixels [0, 255] -> float32 [-1, 1] (the range of the generator's tanh)."""
-    return x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+    """uint8 pixels [0, 255] -> float32 [-1, 1] (the range of the generator's tanh); 0 and 255
+    map to -1 and 1 exactly (a division by 127.5, not a multiplication by its rounded inverse)."""
+    return (x.astype(jnp.float32) - 127.5) / 127.5
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
