@@ -77,6 +77,11 @@ def data_source(config: Config):
         return toy.TOY[config.dataset]
     if config.dataset.endswith(".npy"):
         return load_array(config.dataset)
+    if config.dataset.startswith("stacked:"):
+        from jaxgan.data import stacked
+
+        return stacked.load(config.dataset.removeprefix("stacked:"), data_dir=config.data_dir or None,
+                            image_size=config.image_size or None)
     raise ConfigError(f"dataset={config.dataset!r}: unknown dataset")
 
 

@@ -26,6 +26,7 @@ class Config:
 
     preset: str = "ring8"
     dataset: str = "ring8"  # ring8 | grid25 | gaussian1d | gaussian2d | a .npy file [N, ...]
+    #   | stacked:NAME (Stacked-MNIST over TFDS digits NAME: mnist, or sklearn_digits offline)
     model: str = "mlp"  # mlp
     latent_dim: int = 256
     g_hidden: tuple[int, ...] = (128, 128)  # MLP hidden widths, e.g. g_hidden=128,128
@@ -90,6 +91,12 @@ class Config:
     diag_vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
     diag_osc_std: float = 0.1  # non_convergence: a score's std over the long window at least this,
     diag_osc_crossings: int = 4  # crossing its mean at least this often, and not damping out
+    image_size: int = 0  # TFDS images: resize to N x N (0: as stored)
+    data_dir: str = ""  # TFDS data_dir ("": $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    eval_every: int = 0  # rounds between evaluations during training (0: off; a multiple of log_every)
+    eval_samples: int = 2500  # generated (and real) samples per evaluation during training
+    eval_inception: str = ""  # .npz of FID Inception weights (jaxgan.metrics.features.load_inception)
+    eval_classifier_steps: int = 1500  # training steps of the evaluation classifier (labelled images)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -128,6 +135,9 @@ RESUMABLE_CHANGES = frozenset({
 # Monitoring settings do not change the trajectory either.
 DIAG_KEYS = frozenset({"tensorboard", *(f for f in Config.__dataclass_fields__ if f.startswith("diag"))})
 RESUMABLE_CHANGES = RESUMABLE_CHANGES | DIAG_KEYS
+# Evaluation settings and where the data lives do not change the trajectory.
+RESUMABLE_CHANGES = RESUMABLE_CHANGES | {"data_dir", "eval_every", "eval_samples", "eval_inception",
+                                         "eval_classifier_steps"}
 
 
 # ---------------------------------------------------------------------------- presets
@@ -297,9 +307,9 @@ def validate(c: Config) -> Config:
             need(math.isfinite(getattr(c, f.name)), f.name, "must be a finite number")
     need(c.loss in LOSS_NAMES, "loss", f"unknown loss; choose one of {', '.join(LOSS_NAMES)}")
     need(
-        c.dataset in DATASETS or c.dataset.endswith(".npy"),
+        c.dataset in DATASETS or c.dataset.endswith(".npy") or c.dataset.startswith("stacked:"),
         "dataset",
-        f"choose one of {', '.join(DATASETS)} or a path to a .npy array [N, ...]",
+        f"choose one of {', '.join(DATASETS)}, a path to a .npy array [N, ...] or stacked:NAME",
     )
     need(c.model == "mlp", "model", "choose mlp")
     need(c.d_steps >= 1, "d_steps", "each round needs at least one D update; use d_steps=1 or more")
@@ -331,6 +341,12 @@ def validate(c: Config) -> Config:
     for key in ("log_every", "plot_every", "ckpt_every", "keep_checkpoints"):
         need(getattr(c, key) >= 1, key, "must be >= 1")
     _validate_diag(c, need)
+    need(c.image_size >= 0, "image_size", "must be >= 0 (0: as stored)")
+    need(c.eval_every >= 0, "eval_every", "must be >= 0 (0: no evaluation during training)")
+    need(c.eval_every % c.log_every == 0, "eval_every",
+         f"must be a multiple of log_every={c.log_every} (the loop evaluates between compiled chunks)")
+    need(c.eval_samples >= 10, "eval_samples", "needs at least 10 samples (k-NN metrics, KID subsets)")
+    need(c.eval_classifier_steps >= 1, "eval_classifier_steps", "must be >= 1")
     need(all(w >= 1 for w in c.g_hidden) and len(c.g_hidden) >= 1, "g_hidden", "widths >= 1, e.g. 128,128")
     need(all(w >= 1 for w in c.d_hidden) and len(c.d_hidden) >= 1, "d_hidden", "widths >= 1, e.g. 128,128")
     return c

@@ -63,6 +63,11 @@ class Observer:
         """Extra scalars to log at this step (e.g. evaluation metrics)."""
         return {}
 
+    def wants_state(self, step: int) -> bool:
+        """Whether ``on_checkpoint`` must also run at ``step`` (a multiple of log_every) when it is
+        not a checkpoint or plot boundary (e.g. periodic evaluation)."""
+        return False
+
     def should_stop(self) -> str | None:
         return None
 
@@ -497,7 +502,7 @@ def train(
                     stop_reason = "another process stopped"
                 plot_due = step % config.plot_every == 0 or step == total or stop_reason is not None
                 ckpt_due = step % config.ckpt_every == 0 or step == total or stop_reason is not None
-                if plot_due or ckpt_due:
+                if plot_due or ckpt_due or any(obs.wants_state(step) for obs in observers):
                     handle(*pending)
                     pending = None
                     boundary(step, state, ckpt_due, plot_due)
