@@ -147,7 +147,7 @@ def cmd_eval(args) -> int:
     if args.inception and not os.path.isfile(args.inception):
         raise configs.ConfigError(
             f"--inception {args.inception!r} does not exist: pass a .npz of pytorch-fid's FID Inception "
-            "state_dict (see `python -c 'import jaxgan.metrics.features as f; help(f.load_inception)'`)")
+            "state_dict (see `python -c 'import jaxgan.metrics.features as f; help(f.load_inception_variables)'`)")
     result = evaluate.evaluate_run(args.run, n=args.n, step=args.step, inception=args.inception, seed=args.seed,
                                    classifier_steps=args.classifier_steps,
                                    echo=lambda msg: print(msg, file=sys.stderr))

@@ -245,7 +245,13 @@ def inception_to_torch_state(variables: PyTree) -> dict[str, np.ndarray]:
 
 
 def load_inception(path: str, *, size: int = INCEPTION_SIZE) -> FeatureExtractor:
-    """The FID Inception extractor from a ``.npz`` of PyTorch weights.
+    """The FID Inception extractor from a ``.npz`` of PyTorch weights (format: see
+    :func:`load_inception_variables`); images are resized to ``size`` (299 for comparable FIDs)."""
+    return inception_extractor(load_inception_variables(path), size=size)
+
+
+def load_inception_variables(path: str) -> PyTree:
+    """:class:`InceptionV3FID` variables from a ``.npz`` of PyTorch weights.
 
     Format: the ``state_dict()`` of pytorch-fid's FID Inception (``pt_inception-2015-12-05``,
     the TensorFlow FID weights ported to PyTorch) saved with numpy, names and layouts as they are::
@@ -261,7 +267,7 @@ def load_inception(path: str, *, size: int = INCEPTION_SIZE) -> FeatureExtractor
     if not os.path.isfile(path):
         raise ValueError(
             f"Inception weights {path!r} do not exist: pass a .npz of pytorch-fid's FID Inception "
-            "state_dict (see jaxgan.metrics.features.load_inception for the one-line conversion)"
+            "state_dict (see jaxgan.metrics.features.load_inception_variables for the one-line conversion)"
         )
     try:
         archive = np.load(path, allow_pickle=False)
@@ -297,9 +303,9 @@ def load_inception(path: str, *, size: int = INCEPTION_SIZE) -> FeatureExtractor
             parts.append(f"wrong shapes: {'; '.join(wrong[:4])}")
         raise ValueError(
             f"{path!r} is not an FID Inception state_dict ({' and '.join(parts)}); save pytorch-fid's "
-            "fid_inception_v3().state_dict() as described in jaxgan.metrics.features.load_inception"
+            "fid_inception_v3().state_dict() as described in jaxgan.metrics.features.load_inception_variables"
         )
-    return inception_extractor(variables, size=size)
+    return variables
 
 
 def _torch_shape(names: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
