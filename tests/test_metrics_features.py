@@ -30,7 +30,7 @@ def test_sklearn_digits_is_a_real_tfds_dataset(digits_dir):
 def test_missing_dataset_names_the_way_out(tmp_path):
     from jaxgan.data.checks import DataError
 
-    with pytest.raises(DataError, match="not prepared in .*sklearn_digits"):
+    with pytest.raises(DataError, match=r"not prepared in .*sklearn_digits"):
         labeled.load("mnist", data_dir=str(tmp_path))
     with pytest.raises(DataError, match="no TFDS dataset named"):
         labeled.load("no_such_dataset_xyz", data_dir=str(tmp_path))
@@ -163,7 +163,7 @@ def _torch_conv_bn_relu(x, sd, prefix, stride=1, padding=(0, 0)):
     """PyTorch semantics in numpy: cross-correlation with OIHW weights, eval-mode batch norm
     (eps 1e-3), ReLU. ``x: [H, W, C]`` (one image)."""
     w = sd[f"{prefix}.conv.weight"].astype(np.float64)
-    o, i, kh, kw = w.shape
+    o, _, kh, kw = w.shape
     ph, pw = padding
     xp = np.pad(x.astype(np.float64), ((ph, ph), (pw, pw), (0, 0)))
     h_out = (xp.shape[0] - kh) // stride + 1
