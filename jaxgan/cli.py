@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "also appended to RUN/eval.jsonl)")
     p.add_argument("--run", required=True, help="a run directory")
     p.add_argument("--n", type=int, default=None,
-                   help="samples (and real examples) to compare (default: 2500 for toy data, 26000 for stacked "
+                   help="samples (and real examples) to compare (default: 2500 for toy data, 25600 for stacked "
                         "digits, 10000 otherwise)")
     p.add_argument("--step", type=int, default=None, help="which checkpoint (default: the latest)")
     p.add_argument("--inception", default=None, metavar="WEIGHTS.npz",

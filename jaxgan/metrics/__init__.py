@@ -2,10 +2,10 @@
 
 ``fid`` (Fréchet distance), ``kid`` (kernel distance), ``prdc`` (precision/recall, density/
 coverage) work on any feature sets ``[N, D]``; ``features`` supplies extractors (a user-supplied
-Inception, a classifier trained on the real data); ``modes`` counts modes from class predictions
-(the Stacked-MNIST protocol).
+Inception, any function) and ``classifier`` one fitted on the real data; ``modes`` counts modes
+from class predictions (the Stacked-MNIST protocol).
 """
 
-from jaxgan.metrics import fid, kid, prdc
+from jaxgan.metrics import fid, kid, modes, prdc
 
-__all__ = ["fid", "kid", "prdc"]
+__all__ = ["fid", "kid", "modes", "prdc"]
