@@ -199,9 +199,13 @@ def build(
     classifier_steps: int = 1500,
     echo: Callable[[str], None] = print,
     source: Any = None,
+    features: dict[str, Callable[[jax.Array], jax.Array]] | None = None,
 ) -> Evaluator:
     """The evaluator for ``config``'s data; the classifier (image data with labels) is fitted
-    once and cached in ``run_dir/eval/``. ``source`` (optional) is the run's data source."""
+    once and cached in ``run_dir/eval/``. ``source`` (optional) is the run's data source.
+    ``features`` adds feature spaces: ``{name: fn}`` with ``fn(samples [B, ...]) -> [B, D]`` pure
+    (it is jitted here), giving ``fid_<name>``, ``kid_<name>``, ... (a
+    :class:`~jaxgan.metrics.features.FeatureExtractor` works too)."""
     n = default_samples(config) if n is None else int(n)
     if n < 10:
         raise ConfigError(f"evaluation needs at least 10 samples (k-NN metrics, KID subsets); got n={n}")
@@ -254,6 +258,10 @@ def build(
             raise ConfigError(f"--inception needs image data [H, W, 1 or 3]; this run's examples have shape {shape}")
         extractor = feat_lib.load_inception(inception)
         extractors["inception"] = _jit_features(extractor.fn, 50)
+    for name, fn in (features or {}).items():
+        if name in extractors or name == "data":
+            raise ValueError(f"feature space {name!r} already exists; name yours differently")
+        extractors[name] = _jit_features(fn, 500)
     ev.n = real.shape[0]
     for space, extract in extractors.items():
         real_features[space] = extract(real)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -55,6 +56,23 @@ def test_toy_real_data_scores_as_real(ring_evaluator):
     assert abs(out["kid_data"]) < 3 * out["kid_std_data"] + 1e-6
     far = ring_evaluator(real + np.float32(1.0))
     assert far["fd_data"] > 100 * max(out["fd_data"], 1e-6) and far["precision_data"] < 0.1
+
+
+def test_any_feature_function_plugs_in(tmp_path):
+    """A user's feature function gives its own metrics, equal to the metric functions applied to
+    its features directly."""
+    from jaxgan.metrics import fid
+
+    proj = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5)), jnp.float32)
+    fn = lambda x: jnp.tanh(x @ proj)
+    ev = evaluate.build(configs.ring8(), str(tmp_path), n=400, echo=lambda m: None, features={"proj": fn})
+    fake = _at_modes(3, 400, np.random.default_rng(9))
+    out = ev(fake)
+    want = fid.fid(jnp.asarray(ev.real_features["proj"]), fn(jnp.asarray(fake)))
+    np.testing.assert_allclose(out["fid_proj"], float(want), rtol=1e-3)  # float32, jit vs eager
+    assert {"kid_proj", "precision_proj", "recall_proj", "density_proj", "coverage_proj"} <= set(out)
+    np.testing.assert_allclose(ev.real_features["proj"], np.asarray(fn(jnp.asarray(ev.real_features["data"]))),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_nonfinite_samples_are_reported_not_scored(ring_evaluator):

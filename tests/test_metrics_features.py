@@ -38,8 +38,9 @@ def test_missing_dataset_names_the_way_out(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits(digits_dir):
-    return (labeled.load("sklearn_digits", data_dir=digits_dir),
-            labeled.load("sklearn_digits", split="test", data_dir=digits_dir))
+    # 16x16 (resized from 28x28) keeps the test quick; the digits stay legible
+    return (labeled.load("sklearn_digits", data_dir=digits_dir, image_size=16),
+            labeled.load("sklearn_digits", split="test", data_dir=digits_dir, image_size=16))
 
 
 def test_classifier_learns_the_digits_and_its_cache_is_reused(digits, tmp_path):
@@ -62,7 +63,7 @@ def test_classifier_learns_the_digits_and_its_cache_is_reused(digits, tmp_path):
     for a, b in zip(jax.tree.leaves(clf.params), jax.tree.leaves(again.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     feats = np.asarray(jax.jit(again.features)(jnp.asarray(labeled.to_float(test.images[:8]))))
-    assert feats.shape == (8, 128) and np.all(np.isfinite(feats))
+    assert feats.shape == (8, 128) and np.all(np.isfinite(feats)) and train.images.shape[1:] == (16, 16, 1)
     # another training recipe is another cache entry
     _, cached = clf_lib.fit_cached(str(tmp_path), identity, data, echo=lambda m: None, steps=5, batch_size=64)
     assert not cached and len(calls) == 2
