@@ -96,20 +96,30 @@ def test_sampling_uses_the_ema_generator_when_the_run_keeps_one():
     assert not np.allclose(got, raw)
 
 
-def test_periodic_evaluation_during_training(tmp_path):
+def test_periodic_evaluation_during_training_and_keep_best_by_it(tmp_path):
+    """eval_every runs with the default observers, logs, plots, and a checkpoint is kept as the
+    best by an evaluation metric (here through diag_best_metric)."""
+    from jaxgan import diagnose
+
     config = configs.apply_overrides(configs.ring8(), {
-        "steps": 100, "batch_size": 64, "log_every": 25, "plot_every": 100, "ckpt_every": 100, "eval_every": 50,
-        "eval_samples": 300})
+        "steps": 100, "batch_size": 64, "log_every": 25, "plot_every": 100, "ckpt_every": 100, "eval_every": 25,
+        "eval_samples": 300, "diag_best_metric": "fd_data", "diag_best_mode": "min", "tensorboard": False})
     out = str(tmp_path / "run")
-    loop.train(config, out, progress=False, echo=lambda m: None, observers=evaluate.observers(config))
+    loop.train(config, out, progress=False, echo=lambda m: None)  # default observers
     rows = rundir.read_jsonl(os.path.join(out, evaluate.EVAL_LOG))
-    assert [r["step"] for r in rows] == [50, 100]
+    assert [r["step"] for r in rows] == [25, 50, 75, 100]
     assert all(r["n"] == 300 and 0 <= r["modes"] <= 8 and "fd_data" in r for r in rows)
     assert os.path.isfile(os.path.join(out, evaluate.EVAL_PLOT))
     logged = rundir.read_jsonl(os.path.join(out, rundir.METRICS))
-    with_eval = [r for r in logged if "modes" in r]
-    assert [r["step"] for r in with_eval] == [50, 100]
+    with_eval = [r for r in logged if "fd_data" in r]
+    assert [r["step"] for r in with_eval] == [25, 50, 75, 100]
     assert with_eval[-1]["modes"] == rows[-1]["modes"]
+    with open(os.path.join(out, diagnose.BEST_FILE), encoding="utf-8") as f:
+        best = json.load(f)
+    best_row = min(rows, key=lambda r: r["fd_data"])
+    assert best["step"] == best_row["step"]
+    assert best["metrics"]["fd_data"] == pytest.approx(best_row["fd_data"])
+    assert os.path.isdir(os.path.join(out, diagnose.BEST_DIR, str(best_row["step"])))
 
 
 def test_config_checks_eval_settings():
