@@ -271,6 +271,35 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 
 # ---------------------------------------------------------------------------- validation
 
+# Evaluation metrics (jaxgan.evaluate) by which end is best, matched by prefix (``fid`` covers
+# ``fid_classifier``, ``modes`` covers ``modes_captured``); keep-best needs diag_best_mode to agree.
+EVAL_HIGHER_IS_BETTER = ("modes", "high_quality", "precision", "recall", "density", "coverage")
+EVAL_LOWER_IS_BETTER = ("fid", "fd", "kid", "mode_kl")
+# Logged by jaxgan.diagnose at plot/checkpoint steps on toy data, without periodic evaluation.
+DIAG_COVERAGE_METRICS = ("modes_captured", "modes_effective", "high_quality_frac")
+
+
+def metric_direction(name: str) -> str | None:
+    """``"max"`` or ``"min"``: which end of evaluation metric ``name`` is best (None: not one)."""
+    for prefix in sorted(EVAL_HIGHER_IS_BETTER + EVAL_LOWER_IS_BETTER, key=len, reverse=True):
+        if name == prefix or name.startswith(prefix + "_"):
+            return "max" if prefix in EVAL_HIGHER_IS_BETTER else "min"
+    return None
+
+
+def _validate_best_metric(c: Config, need: Callable[[bool, str, str], None]) -> None:
+    """A keep-best metric from evaluation needs evaluation on, and the mode that prefers its best end."""
+    if c.diag_best_metric.strip() in ("auto", "off", ""):
+        return
+    for name in (n.strip() for n in c.diag_best_metric.split(",")):
+        direction = metric_direction(name)
+        if direction is None:
+            continue
+        need(direction == c.diag_best_mode, "diag_best_mode",
+             f"{name} is better when {'larger' if direction == 'max' else 'smaller'}: set diag_best_mode={direction}")
+        need(c.eval_every > 0 or name in DIAG_COVERAGE_METRICS, "diag_best_metric",
+             f"{name} comes from periodic evaluation: set eval_every (e.g. eval_every={10 * c.log_every})")
+
 
 def _validate_diag(c: Config, need: Callable[[bool, str, str], None]) -> None:
     need(c.diag in ("warn", "stop", "off"), "diag", "choose warn (report failure modes), stop (also stop "
@@ -347,6 +376,7 @@ def validate(c: Config) -> Config:
          f"must be a multiple of log_every={c.log_every} (the loop evaluates between compiled chunks)")
     need(c.eval_samples >= 10, "eval_samples", "needs at least 10 samples (k-NN metrics, KID subsets)")
     need(c.eval_classifier_steps >= 1, "eval_classifier_steps", "must be >= 1")
+    _validate_best_metric(c, need)
     need(all(w >= 1 for w in c.g_hidden) and len(c.g_hidden) >= 1, "g_hidden", "widths >= 1, e.g. 128,128")
     need(all(w >= 1 for w in c.d_hidden) and len(c.d_hidden) >= 1, "d_hidden", "widths >= 1, e.g. 128,128")
     return c

@@ -56,6 +56,7 @@ D's feedback has become noise; :class:`BestKeeper` keeps the best checkpoint by 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -659,9 +660,7 @@ def mode_coverage(samples: np.ndarray, centers: np.ndarray, std: float) -> dict[
     """
     import jax
 
-    from jaxgan.metrics import coverage
-
-    cov = jax.device_get(coverage.mode_coverage(samples, centers, std))
+    cov = jax.device_get(_coverage_fn()(samples, centers, std))
     counts = np.asarray(cov.counts, np.float64)
     total = counts.sum()
     if total > 0:
@@ -671,6 +670,16 @@ def mode_coverage(samples: np.ndarray, centers: np.ndarray, std: float) -> dict[
         effective = 0.0
     return {"modes_captured": float(cov.modes), "modes_effective": effective,
             "high_quality_frac": float(cov.high_quality)}
+
+
+@functools.cache
+def _coverage_fn():
+    """:func:`jaxgan.metrics.coverage.mode_coverage`, compiled (once per shape)."""
+    import jax
+
+    from jaxgan.metrics import coverage
+
+    return jax.jit(coverage.mode_coverage)
 
 
 # ----------------------------------------------------------------------------- keep best

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import rundir, viz
-from jaxgan.configs import Config, ConfigError
+from jaxgan.configs import Config, ConfigError, metric_direction
 from jaxgan.data import toy
 from jaxgan.loop import Observer, Run
 from jaxgan.metrics import classifier as clf_lib
@@ -54,19 +54,12 @@ EVAL_PLOT = "eval.png"
 EVAL_DIR = "eval"  # cached classifier
 STACKED = "stacked:"
 
-# Direction of each metric, for keep-best checkpointing (keep_best_mode) and for readers.
-HIGHER_IS_BETTER = ("modes", "high_quality", "precision", "recall", "density", "coverage")
-LOWER_IS_BETTER = ("fid", "fd", "kid", "mode_kl")
-
-
 def better(metric: str) -> str:
-    """``"max"`` or ``"min"``: which end of ``metric`` is best (e.g. for ``keep_best_mode``)."""
-    base = metric.split("_")[0] if not metric.startswith("mode_kl") else "mode_kl"
-    if base in HIGHER_IS_BETTER:
-        return "max"
-    if base in LOWER_IS_BETTER:
-        return "min"
-    raise ValueError(f"no direction known for metric {metric!r}")
+    """``"max"`` or ``"min"``: which end of ``metric`` is best (e.g. for ``diag_best_mode``)."""
+    direction = metric_direction(metric)
+    if direction is None:
+        raise ValueError(f"no direction known for metric {metric!r}")
+    return direction
 
 
 def default_samples(config: Config) -> int:
@@ -137,9 +130,7 @@ class Evaluator:
         key = jax.random.key(self.seed + 1) if key is None else key
         out: dict[str, Any] = {"n": int(samples.shape[0])}
         if self.mixture is not None:
-            from jaxgan.metrics import coverage
-
-            cov = jax.device_get(coverage.of_mixture(jnp.asarray(samples), self.mixture))
+            cov = jax.device_get(_coverage_of(self.mixture)(jnp.asarray(samples)))
             out.update(modes=int(cov.modes), high_quality=float(cov.high_quality),
                        mode_kl=_finite_or_none(cov.reverse_kl), num_modes=int(self.mixture.num_modes))
         if self.classify is not None:
@@ -156,6 +147,14 @@ class Evaluator:
             out.update(distances(self.real_features[space], fake, jax.random.fold_in(key, i), space))
         out.update(self.constants)
         return out
+
+
+@functools.cache
+def _coverage_of(mixture) -> Callable[[jax.Array], Any]:
+    """VEEGAN/PacGAN coverage against ``mixture``, compiled once per mixture."""
+    from jaxgan.metrics import coverage
+
+    return jax.jit(lambda samples: coverage.of_mixture(samples, mixture))
 
 
 def _finite_or_none(x) -> float | None:
@@ -329,13 +328,22 @@ def _classifier(config: Config, cache_dir: str, data: dict[str, Any], steps: int
 # ----------------------------------------------------------------------------- runs
 
 
-def sample(run: Run, state, n: int, key: jax.Array, batch_size: int = 500) -> np.ndarray:
-    """``n`` generated samples (EMA params when the run keeps them), in batches: batch b uses
-    ``fold_in(key, b)``."""
+def sampler(run: Run, n: int, batch_size: int = 500) -> Callable[[Any, jax.Array], np.ndarray]:
+    """``draw(state, key) -> [n, ...]`` generated samples (EMA params when the run keeps them),
+    in batches compiled once: batch b uses ``fold_in(key, b)``."""
     batch_size = min(batch_size, n)
     fn = jax.jit(lambda s, k: run.gan.sample(s, k, batch_size))
-    parts = [np.asarray(fn(state, jax.random.fold_in(key, b))) for b in range(-(-n // batch_size))]
-    return np.concatenate(parts)[:n]
+
+    def draw(state, key: jax.Array) -> np.ndarray:
+        parts = [np.asarray(fn(state, jax.random.fold_in(key, b))) for b in range(-(-n // batch_size))]
+        return np.concatenate(parts)[:n]
+
+    return draw
+
+
+def sample(run: Run, state, n: int, key: jax.Array, batch_size: int = 500) -> np.ndarray:
+    """``n`` generated samples of ``state`` (see :func:`sampler`)."""
+    return sampler(run, n, batch_size)(state, key)
 
 
 def evaluate_run(
@@ -388,8 +396,9 @@ def plot_keys(result: dict[str, Any], evaluator: Evaluator) -> list[str]:
 class EvalObserver(Observer):
     """Periodic evaluation during training: every ``config.eval_every`` rounds (and at the last),
     on ``config.eval_samples`` samples from the EMA generator when the run keeps one. Appends each
-    result to ``eval.jsonl``, redraws ``eval.png`` and hands the scalars to the loop (so they are
-    logged in ``metrics.jsonl`` and stored with the checkpoint for keep-best retention)."""
+    result to ``eval.jsonl``, redraws ``eval.png`` at plot steps and at the end, and hands the
+    scalars to the loop, which logs them in ``metrics.jsonl`` and feeds them to the other
+    observers (so ``diag_best_metric=fid_classifier`` keeps the best checkpoint by it)."""
 
     def __init__(self, config: Config, *, echo: Callable[[str], None] = print):
         self.config = config
@@ -398,12 +407,16 @@ class EvalObserver(Observer):
         self.run: Run | None = None
         self.out = ""
         self.last: dict[str, float] = {}
+        self._draw: Callable[[Any, jax.Array], np.ndarray] | None = None
+        self._keys: list[str] = []
+        self._unplotted = False
 
     def on_start(self, run: Run, out: str, start_step: int) -> None:
         self.run, self.out = run, out
         c = self.config
         self.evaluator = build(c, out, n=c.eval_samples, inception=c.eval_inception or None, seed=c.seed,
                                classifier_steps=c.eval_classifier_steps, echo=self.echo, source=run.source)
+        self._draw = sampler(run, self.evaluator.n)
 
     def wants_state(self, step: int) -> bool:
         return step % self.config.eval_every == 0 or step == self.config.steps
@@ -412,14 +425,25 @@ class EvalObserver(Observer):
         if self.evaluator is None or not self.wants_state(step):
             return {}
         key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
-        samples = sample(self.run, state, self.evaluator.n, jax.random.fold_in(key, step))
+        samples = self._draw(state, jax.random.fold_in(key, step))
         result = {"step": step, **self.evaluator(samples, key=jax.random.fold_in(key, step))}
         rundir.append_jsonl(os.path.join(self.out, EVAL_LOG), [result])
-        rows = rundir.read_jsonl(os.path.join(self.out, EVAL_LOG))
-        viz.metrics_plot(rows, os.path.join(self.out, EVAL_PLOT), keys=plot_keys(result, self.evaluator),
-                         title="evaluation over training")
         self.last = scalars(result)
+        self._keys = plot_keys(result, self.evaluator)
+        self._unplotted = True
+        if step % self.config.plot_every == 0 or step == self.config.steps:
+            self._plot()
         return self.last
+
+    def _plot(self) -> None:
+        """``eval.png``: every evaluation in ``eval.jsonl`` so far (a resumed run's too)."""
+        rows = rundir.read_jsonl(os.path.join(self.out, EVAL_LOG))
+        viz.metrics_plot(rows, os.path.join(self.out, EVAL_PLOT), keys=self._keys, title="evaluation over training")
+        self._unplotted = False
+
+    def on_end(self, step: int, state) -> None:
+        if self._unplotted:  # stopped between plot steps
+            self._plot()
 
     def postfix(self) -> dict[str, str]:
         for key in ("modes", "fid_classifier", "fid_inception", "fd_data"):

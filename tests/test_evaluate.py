@@ -103,7 +103,8 @@ def test_periodic_evaluation_during_training_and_keep_best_by_it(tmp_path):
 
     config = configs.apply_overrides(configs.ring8(), {
         "steps": 100, "batch_size": 64, "log_every": 25, "plot_every": 100, "ckpt_every": 100, "eval_every": 25,
-        "eval_samples": 300, "diag_best_metric": "fd_data", "diag_best_mode": "min", "tensorboard": False})
+        "eval_samples": 300, "diag_best_metric": "fd_data", "diag_best_mode": "min", "tensorboard": False,
+        "latent_dim": 8, "g_hidden": (32,), "d_hidden": (32,)})
     out = str(tmp_path / "run")
     loop.train(config, out, progress=False, echo=lambda m: None)  # default observers
     rows = rundir.read_jsonl(os.path.join(out, evaluate.EVAL_LOG))
@@ -129,6 +130,15 @@ def test_config_checks_eval_settings():
         configs.apply_overrides(configs.ring8(), {"eval_every": 100, "eval_samples": 3})
     assert evaluate.better("fid_classifier") == "min" and evaluate.better("modes") == "max"
     assert evaluate.better("mode_kl") == "min" and evaluate.better("recall_inception") == "max"
+    assert evaluate.better("high_quality_frac") == "max" and evaluate.better("mode_kl_real") == "min"
+    with pytest.raises(ValueError, match="no direction"):
+        evaluate.better("d_loss")
+    # keep-best by an evaluation metric: the mode must prefer its best end, and evaluation must be on
+    with pytest.raises(configs.ConfigError, match="fid_classifier is better when smaller: set diag_best_mode=min"):
+        configs.apply_overrides(configs.ring8(), {"eval_every": 100, "diag_best_metric": "fid_classifier"})
+    with pytest.raises(configs.ConfigError, match=r"fd_data comes from periodic evaluation: set eval_every"):
+        configs.apply_overrides(configs.ring8(), {"diag_best_metric": "fd_data", "diag_best_mode": "min"})
+    configs.apply_overrides(configs.ring8(), {"diag_best_metric": "modes_captured,high_quality_frac"})  # diagnose's
 
 
 @pytest.mark.slow
