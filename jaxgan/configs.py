@@ -288,17 +288,21 @@ def metric_direction(name: str) -> str | None:
 
 
 def _validate_best_metric(c: Config, need: Callable[[bool, str, str], None]) -> None:
-    """A keep-best metric from evaluation needs evaluation on, and the mode that prefers its best end."""
-    if c.diag_best_metric.strip() in ("auto", "off", ""):
-        return
-    for name in (n.strip() for n in c.diag_best_metric.split(",")):
-        direction = metric_direction(name)
-        if direction is None:
+    """A keep-best metric from evaluation needs evaluation on, and the mode that prefers its best
+    end: ``diag_best_metric`` (jaxgan.diagnose) and, where the checkpoint manager has it,
+    ``keep_best_metric``."""
+    for metric_key, mode_key in (("diag_best_metric", "diag_best_mode"), ("keep_best_metric", "keep_best_mode")):
+        value = getattr(c, metric_key, "").strip()
+        if value in ("auto", "off", ""):
             continue
-        need(direction == c.diag_best_mode, "diag_best_mode",
-             f"{name} is better when {'larger' if direction == 'max' else 'smaller'}: set diag_best_mode={direction}")
-        need(c.eval_every > 0 or name in DIAG_COVERAGE_METRICS, "diag_best_metric",
-             f"{name} comes from periodic evaluation: set eval_every (e.g. eval_every={10 * c.log_every})")
+        for name in (n.strip() for n in value.split(",")):
+            direction = metric_direction(name)
+            if direction is None:
+                continue
+            need(direction == getattr(c, mode_key), mode_key,
+                 f"{name} is better when {'larger' if direction == 'max' else 'smaller'}: set {mode_key}={direction}")
+            need(c.eval_every > 0 or name in DIAG_COVERAGE_METRICS, metric_key,
+                 f"{name} comes from periodic evaluation: set eval_every (e.g. eval_every={10 * c.log_every})")
 
 
 def _validate_diag(c: Config, need: Callable[[bool, str, str], None]) -> None:

@@ -394,7 +394,8 @@ def plot_keys(result: dict[str, Any], evaluator: Evaluator) -> list[str]:
 
 
 class EvalObserver(Observer):
-    """Periodic evaluation during training: every ``config.eval_every`` rounds (and at the last),
+    """Periodic evaluation during training: every ``config.eval_every`` rounds (and at the last, and
+    at checkpoint steps when ``keep_best_metric`` is an evaluation metric),
     on ``config.eval_samples`` samples from the EMA generator when the run keeps one. Appends each
     result to ``eval.jsonl``, redraws ``eval.png`` at plot steps and at the end, and hands the
     scalars to the loop, which logs them in ``metrics.jsonl`` and feeds them to the other
@@ -419,7 +420,12 @@ class EvalObserver(Observer):
         self._draw = sampler(run, self.evaluator.n)
 
     def wants_state(self, step: int) -> bool:
-        return step % self.config.eval_every == 0 or step == self.config.steps
+        c = self.config
+        # Keeping the best checkpoint by an evaluation metric (the checkpoint manager's
+        # keep_best_metric) needs that metric at every checkpoint step, too.
+        best = getattr(c, "keep_best_metric", "")
+        at_ckpt = bool(best) and metric_direction(best) is not None and step % c.ckpt_every == 0
+        return step % c.eval_every == 0 or step == c.steps or at_ckpt
 
     def on_checkpoint(self, step: int, state) -> dict[str, float]:
         if self.evaluator is None or not self.wants_state(step):
