@@ -123,6 +123,33 @@ def test_periodic_evaluation_during_training_and_keep_best_by_it(tmp_path):
     assert os.path.isdir(os.path.join(out, diagnose.BEST_DIR, str(best_row["step"])))
 
 
+def test_checkpoint_manager_keeps_the_best_by_an_evaluation_metric(tmp_path):
+    """keep_best_metric=fd_data: every checkpoint step is evaluated (here twice as often as
+    eval_every asks), and the checkpoint manager keeps the last one and the one with the lowest
+    fd_data in eval.jsonl."""
+    if "keep_best_metric" not in configs.Config.__dataclass_fields__:
+        pytest.skip("needs the checkpoint manager's keep_best_metric (checkpoint work, issue 5)")
+    from jaxgan.checkpoint import Checkpointer
+
+    out = str(tmp_path / "run")
+    config = configs.apply_overrides(configs.ring8(), {
+        "steps": 100, "batch_size": 64, "log_every": 25, "plot_every": 100, "ckpt_every": 25, "eval_every": 50,
+        "eval_samples": 300, "keep_checkpoints": 1, "keep_best_metric": "fd_data", "keep_best_mode": "min",
+        "tensorboard": False, "diag": "off", "latent_dim": 8, "g_hidden": (32,), "d_hidden": (32,)})
+    lines = []
+    loop.train(config, out, progress=False, echo=lines.append)
+    rows = rundir.read_jsonl(os.path.join(out, evaluate.EVAL_LOG))
+    assert [r["step"] for r in rows] == [25, 50, 75, 100]
+    best = min(rows, key=lambda r: r["fd_data"])["step"]
+    with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True, best_metric="fd_data",
+                      best_mode="min") as ckpt:
+        assert ckpt.all_steps() == sorted({best, 100})
+        assert ckpt.best_step() == best
+    assert not [line for line in lines if "warning" in line], lines
+    with pytest.raises(configs.ConfigError, match="fd_data is better when smaller: set keep_best_mode=min"):
+        configs.apply_overrides(config, {"keep_best_mode": "max"})
+
+
 def test_config_checks_eval_settings():
     with pytest.raises(configs.ConfigError, match=r"eval_every.*multiple of log_every=100"):
         configs.apply_overrides(configs.ring8(), {"eval_every": 150})
