@@ -123,6 +123,7 @@ def test_periodic_evaluation_during_training_and_keep_best_by_it(tmp_path):
     assert os.path.isdir(os.path.join(out, diagnose.BEST_DIR, str(best_row["step"])))
 
 
+@pytest.mark.slow
 def test_checkpoint_manager_keeps_the_best_by_an_evaluation_metric(tmp_path):
     """keep_best_metric=fd_data: every checkpoint step is evaluated (here twice as often as
     eval_every asks), and the checkpoint manager keeps the last one and the one with the lowest
