@@ -362,16 +362,13 @@ def evaluate_run(
 
     config = rundir.load_config(run_dir)
     run = Run.from_config(config)
-    ckpt = Checkpointer(os.path.join(run_dir, rundir.CHECKPOINTS), keep=config.keep_checkpoints)
-    try:
+    with Checkpointer(os.path.join(run_dir, rundir.CHECKPOINTS), read_only=True) as ckpt:  # never prunes
         if ckpt.latest_step() is None:
             raise rundir.RunDirError(
                 f"{run_dir!r} has no checkpoint yet: train it first (jaxgan train --out {run_dir})")
         if step is not None and step not in ckpt.all_steps():
             raise rundir.RunDirError(f"{run_dir!r} has no checkpoint at step {step}; it has {ckpt.all_steps()}")
         state, record = ckpt.restore(run.init_state(), step)
-    finally:
-        ckpt.close()
     evaluator = build(config, run_dir, n=n, inception=inception, seed=seed, classifier_steps=classifier_steps,
                       echo=echo, source=run.source)
     samples = sample(run, state, evaluator.n, jax.random.fold_in(jax.random.key(seed), 2))
