@@ -127,6 +127,8 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
         d_hidden=config.d_hidden,
         activation=config.activation,
         d_dropout=config.d_dropout,
+        init_gain=config.init_gain,
+        d_input_scale=config.d_input_scale,
     )
     return GAN(
         generator=g,

@@ -33,6 +33,8 @@ class Config:
     d_hidden: tuple[int, ...] = (128, 128)
     activation: str = "tanh"  # relu | tanh | leaky_relu | elu
     d_dropout: float = 0.0  # dropout rate in D's hidden layers (a remedy)
+    init_gain: float = 0.0  # > 0: orthogonal kernels with this gain (Metz et al.: 0.8); 0: LeCun normal
+    d_input_scale: float = 1.0  # D multiplies its input by this first (Metz et al.: 0.25)
     loss: str = "non_saturating"  # minimax | non_saturating | wasserstein | hinge | least_squares
     d_steps: int = 1  # D updates per round
     g_steps: int = 1  # G updates per round
@@ -360,6 +362,8 @@ def validate(c: Config) -> Config:
     need(0.0 <= c.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1), e.g. 0.1")
     need(0.0 <= c.label_flip < 1.0, "label_flip", "must be in [0, 1), e.g. 0.05")
     need(0.0 <= c.d_dropout < 1.0, "d_dropout", "must be in [0, 1)")
+    need(c.init_gain >= 0.0, "init_gain", "must be >= 0 (0: the default LeCun-normal init), e.g. 0.8")
+    need(c.d_input_scale > 0.0, "d_input_scale", "must be > 0 (1: inputs unchanged), e.g. 0.25")
     need(0.0 <= c.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0: off), e.g. 0.999")
     need(c.instance_noise_anneal >= 0, "instance_noise_anneal", "must be >= 0")
     need(c.nan_policy in ("stop", "skip"), "nan_policy", "choose stop or skip")
