@@ -87,7 +87,10 @@ class GAN:
 
     ``unroll_steps=k`` trains G against D advanced k updates ahead (:mod:`jaxgan.unroll`);
     ``unroll_first_order`` stops the gradient through those updates; ``unroll_remat`` wraps the
-    unrolled update in ``jax.checkpoint``. ``axis_name`` names the device axis when the steps
+    unrolled update in ``jax.checkpoint``. Unrolling differentiates through ``d_optimizer``:
+    give Adam ``eps_root > 0`` (e.g. ``optax.adam(lr, eps_root=1e-16)``), or a parameter with
+    an exactly-zero gradient makes G's gradient NaN (see :mod:`jaxgan.unroll`).
+    ``axis_name`` names the device axis when the steps
     run under ``pmap``/``shard_map``: gradients, metrics and (if ``sync_model_state``) batch
     statistics are averaged over it. ``batch_sharding`` is for the other way to go parallel,
     ``jax.jit`` over a mesh with the state replicated: the sharding of per-example arrays

@@ -428,6 +428,8 @@ def test_lookahead_with_zero_steps_and_bad_steps():
     assert float(s) == 3.0
     with pytest.raises(ValueError, match="unroll steps must be >= 0"):
         scan_updates(lambda c, j: c, 0.0, -1)
+    with pytest.raises(TypeError, match="must be a Python int"):
+        scan_updates(lambda c, j: c, 0.0, jnp.asarray(2))
 
 
 # ---------------------------------------------------------------------- program size
