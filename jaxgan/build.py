@@ -140,6 +140,7 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
         unroll_steps=config.unroll_steps,
         unroll_first_order=config.unroll_first_order,
         unroll_remat=config.unroll_remat,
+        unroll_resample=config.unroll_resample,
         penalties=remedies(config),
         ema_decay=config.ema_decay if config.ema_decay > 0 else None,
         axis_name=axis_name,

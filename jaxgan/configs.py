@@ -41,6 +41,7 @@ class Config:
     unroll_steps: int = 0  # unrolled-GAN lookahead depth k (0: plain GAN)
     unroll_first_order: bool = False  # stop the gradient through the lookahead
     unroll_remat: bool = False  # jax.checkpoint the lookahead (less memory, more compute)
+    unroll_resample: bool = False  # fresh fakes for every lookahead update (default: the G step's fakes)
     g_lr: float = 1e-3
     d_lr: float = 1e-4
     b1: float = 0.5  # Adam beta1 (both players)

@@ -30,7 +30,8 @@ from jaxgan.unroll import lookahead, scan_updates
 B, LATENT = 16, 3
 # fold_in tag of the generator's key stream in gan.py (its module docstring: update n of G draws
 # from fold_in(fold_in(rng, G), n)); the G update then splits its key into 5 (z, g, d, noise,
-# unroll) and D update j of the lookahead gets fold_in(unroll key, j), which it splits into 3.
+# unroll) and D update j of the lookahead gets fold_in(unroll key, j) (with unroll_resample,
+# GAN.d_update splits it into 3: latents, generator, loss).
 G_TAG = 2
 
 
@@ -226,10 +227,9 @@ def test_one_step_gradient_matches_finite_differences_float64():
         state = trained_state(gan, dtype=jnp.float64)
         batch = ring_batch(jax.random.key(3), dtype=jnp.float64)
         new, metrics = jax.jit(gan.g_step)(state, batch)
-        k_z, _, _, _, k_unroll = g_keys(state)
-        ids = jnp.arange(B, dtype=jnp.uint32)
-        z_g = np.asarray(gan.latents(k_z, ids))
-        z_d = np.asarray(gan.latents(jax.random.split(jax.random.fold_in(k_unroll, 0), 3)[0], ids))
+        k_z = g_keys(state)[0]
+        z_g = np.asarray(gan.latents(k_z, jnp.arange(B, dtype=jnp.uint32)))
+        z_d = z_g  # the lookahead update trains on the G step's own fakes (Metz et al.'s notebook)
         adam_state = state.d.opt_state[0]
         got = jax.tree.map(np.asarray, new.g.opt_state)  # the recorded gradient
         first = dataclasses.replace(gan, unroll_first_order=True)
@@ -282,18 +282,25 @@ def test_lookahead_leaves_the_real_discriminator_untouched():
 
 # ---------------------------------------------------------------------- first order, remat
 
-def test_first_order_is_the_gradient_at_the_advanced_discriminator_held_constant():
+@pytest.mark.parametrize("resample", [False, True])
+def test_first_order_is_the_gradient_at_the_advanced_discriminator_held_constant(resample):
     """first_order=True equals the plain (k=0) G gradient against D advanced k steps by a
-    Python loop of GAN.d_update (the second computation)."""
+    Python loop of GAN.d_update / d_update_on (the second computation)."""
     k = 3
-    gan = tiny_gan(k, unroll_first_order=True)
+    gan = tiny_gan(k, unroll_first_order=True, unroll_resample=resample)
     state = trained_state(gan)
     batch = ring_batch(jax.random.key(5))
-    *_, k_unroll = g_keys(state)
-    d_update = jax.jit(functools.partial(gan.d_update, with_metrics=False))
+    k_z, k_g, _, _, k_unroll = g_keys(state)
+    fake, _ = gan.generator.apply(state.g.params, state.g.model_state,
+                                  gan.latents(k_z, jnp.arange(B, dtype=jnp.uint32)), key=k_g, train=True)
+    if resample:
+        update = jax.jit(functools.partial(gan.d_update, g_params=state.g.params, g_model_state=state.g.model_state,
+                                           real=batch, with_metrics=False))
+    else:
+        update = jax.jit(functools.partial(gan.d_update_on, real=batch, fake=fake, with_metrics=False))
     d_k = state.d
     for j in range(k):  # the second computation: a Python loop of the one D update
-        d_k, _ = d_update(d_k, state.g.params, state.g.model_state, batch, jax.random.fold_in(k_unroll, j))
+        d_k, _ = update(d_k, key=jax.random.fold_in(k_unroll, j))
     want = jax.jit(dataclasses.replace(gan, unroll_steps=0).g_step)(state.replace(d=d_k), batch)[0].g.opt_state
     got = jax.jit(gan.g_step)(state, batch)[0].g.opt_state
     assert_trees_close(got, want, rtol=2e-5, atol=1e-7)
@@ -381,11 +388,13 @@ def test_pmap_with_axis_name_matches_one_device():
 
 # ---------------------------------------------------------------------- the public function
 
-def test_public_lookahead_on_a_user_optax_update_matches_the_gan():
+@pytest.mark.parametrize("resample", [False, True])
+def test_public_lookahead_on_a_user_optax_update_matches_the_gan(resample):
     """A user's own D update (plain functions + optax.adam) advanced by jaxgan.unroll.lookahead,
-    differentiated with jax.grad, gives the G gradient the GAN's internal unroll computes."""
+    differentiated with jax.grad, gives the G gradient the GAN's internal unroll computes: on
+    the G step's fakes (default) or on fresh fakes for every update (resample)."""
     k, lr = 4, D_LR
-    gan = tiny_gan(k)
+    gan = tiny_gan(k, unroll_resample=resample)
     state = trained_state(gan)
     batch = ring_batch(jax.random.key(11))
     want = jax.jit(gan.g_step)(state, batch)[0].g.opt_state
@@ -401,17 +410,20 @@ def test_public_lookahead_on_a_user_optax_update_matches_the_gan():
         return jnp.tanh(x @ dp["w1"] + dp["b1"][None]) @ dp["w2"] + dp["b2"]
 
     def g_loss(gp):
+        fake = gen(gp, gan.latents(k_z, ids))
+
         def d_update(dp, opt_state, real, key):
-            z = gan.latents(jax.random.split(key, 3)[0], ids)  # the GAN's latents for this update
+            # Fresh fakes from the GAN's latents for this update, or the G step's own fakes.
+            f = gen(gp, gan.latents(jax.random.split(key, 3)[0], ids)) if resample else fake
 
             def d_loss(p):
-                return jnp.mean(jax.nn.softplus(-disc(p, real))) + jnp.mean(jax.nn.softplus(disc(p, gen(gp, z))))
+                return jnp.mean(jax.nn.softplus(-disc(p, real))) + jnp.mean(jax.nn.softplus(disc(p, f)))
 
             updates, opt_state = opt.update(jax.grad(d_loss)(dp), opt_state, dp)
             return optax.apply_updates(dp, updates), opt_state
 
         dp, _ = lookahead(d_update, state.d.params, state.d.opt_state, batch, k, key=k_unroll)
-        return jnp.mean(jax.nn.softplus(-disc(dp, gen(gp, gan.latents(k_z, ids)))))
+        return jnp.mean(jax.nn.softplus(-disc(dp, fake)))
 
     got = jax.jit(jax.grad(g_loss))(state.g.params)
     assert_trees_close(got, want, rtol=1e-5, atol=1e-7)
