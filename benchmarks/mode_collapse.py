@@ -114,6 +114,8 @@ def run_variant(config: configs.Config, seeds: int, eval_every: int, frames: int
             timeline.append({"step": step, "modes": np.asarray(cov.modes).tolist(),
                              "high_quality": np.round(np.asarray(cov.high_quality), 4).tolist(),
                              "top_mode": np.argmax(np.asarray(cov.counts), axis=1).tolist()})
+            print(f"  {config.dataset} step {step}: modes {timeline[-1]['modes']} high-quality "
+                  f"{timeline[-1]['high_quality']} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
         if step in frame_steps:
             pictures.append((step, np.asarray(samples[0])))
     wall = time.perf_counter() - t0
