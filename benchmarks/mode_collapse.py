@@ -1,6 +1,7 @@
 """Mode collapse on the 2-D mixtures: plain GAN vs unrolled GAN (k = 1, 5, 10) vs WGAN-GP.
 
-For each dataset preset (``ring8``, ``grid25``; see ``jaxgan/configs.py``) and each variant,
+For each preset (``metz-ring8``, ``metz-grid25``: Metz et al. 2016's 2-D setup on the ring and
+the grid, see ``jaxgan/configs.py``) and each variant,
 trains ``--seeds`` GANs at once (the seeds are ``vmap``-ed in one compiled program: the GAN
 state is a pytree and ``jaxgan.runner.train_chunk`` draws the data on device), then evaluates
 2,500 samples per seed with the VEEGAN/PacGAN protocol (``jaxgan.metrics.coverage``): modes
@@ -17,7 +18,7 @@ Examples::
 
     python benchmarks/mode_collapse.py --out benchmarks/results/mode_collapse.jsonl \\
         --plot-dir benchmarks/results
-    python benchmarks/mode_collapse.py --datasets ring8 --variants gan unrolled-10 --seeds 5
+    python benchmarks/mode_collapse.py --presets metz-ring8 --variants gan unrolled-10 --seeds 5
     python benchmarks/mode_collapse.py --table benchmarks/results/mode_collapse.jsonl
 """
 
@@ -159,7 +160,7 @@ def table(path: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["ring8", "grid25"], help="presets to run")
+    p.add_argument("--presets", nargs="+", default=["metz-ring8", "metz-grid25"], help="presets to run")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=None, help="rounds per run (default: the preset's)")
@@ -177,16 +178,16 @@ def main(argv=None) -> int:
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
     extra = configs.parse_overrides(args.set)
-    for dataset in args.datasets:
+    for name_preset in args.presets:
         for name in args.variants:
-            config = configs.apply_overrides(configs.preset(dataset), {**VARIANTS[name], **extra})
+            config = configs.apply_overrides(configs.preset(name_preset), {**VARIANTS[name], **extra})
             if args.steps is not None:
                 config = dataclasses.replace(config, steps=args.steps)
             every = args.eval_every or max(1, config.steps // 10)
             res = run_variant(config, args.seeds, every, args.frames if args.plot_dir else 0)
             frames = res.pop("_frames")
-            row = {"benchmark": "mode_collapse", "command": " ".join(["python", *sys.argv]), "dataset": dataset,
-                   "variant": name, "num_modes": int(loop.Run.from_config(config).source.num_modes),
+            row = {"benchmark": "mode_collapse", "command": " ".join(["python", *sys.argv]), "preset": name_preset,
+                   "dataset": config.dataset, "variant": name, "num_modes": int(loop.Run.from_config(config).source.num_modes),
                    "seeds": args.seeds, "config": key_config(config), "machine": machine(), **res}
             line = json.dumps(row)
             print(line, flush=True)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
             if args.plot_dir and frames:
                 os.makedirs(args.plot_dir, exist_ok=True)
                 centers = loop.Run.from_config(config).source.centers
-                viz.scatter_over_time(frames, os.path.join(args.plot_dir, f"{dataset}_{name}_over_time.png"),
+                viz.scatter_over_time(frames, os.path.join(args.plot_dir, f"{name_preset}_{name}_over_time.png"),
                                       centers=centers)
     return 0
 

@@ -147,10 +147,10 @@ RESUMABLE_CHANGES = RESUMABLE_CHANGES | {"data_dir", "eval_every", "eval_samples
 
 
 def ring8() -> Config:
-    """Ring of 8 Gaussians, the unrolled-GAN paper's setup (see benchmarks/README.md).
+    """Ring of 8 Gaussians (radius 2, std 0.02): the fast default (a few minutes on a 2-core CPU).
 
     Run: ``jaxgan train`` (this is the default preset), or with the lookahead
-    ``jaxgan train --set unroll_steps=10``.
+    ``jaxgan train --set unroll_steps=10``. The paper's own setup is ``metz-ring8``.
     """
     return Config(preset="ring8", dataset="ring8")
 
@@ -158,6 +158,35 @@ def ring8() -> Config:
 def grid25() -> Config:
     """5x5 grid of Gaussians (VEEGAN/PacGAN's harder mode-collapse benchmark)."""
     return Config(preset="grid25", dataset="grid25")
+
+
+# The 2-D mixture experiment of Metz et al. 2016 (arXiv:1611.02163, appendix A): G has two ReLU
+# layers of 128 and a linear output; D scales its input by 1/4, then one ReLU layer of 128 and a
+# linear logit; all kernels orthogonal with gain 0.8; the saturating minimax loss; z ~ N(0, I_256);
+# Adam(1e-4, beta1 = 0.5) for both players; 25,000 single-player updates (12,500 rounds). The
+# batch size (512) is the authors' notebook's (poolio/unrolled_gan); the paper does not give one.
+METZ_2D: dict[str, Any] = {
+    "latent_dim": 256, "g_hidden": (128, 128), "d_hidden": (128,), "activation": "relu", "init_gain": 0.8,
+    "d_input_scale": 0.25, "loss": "minimax", "g_lr": 1e-4, "d_lr": 1e-4, "b1": 0.5, "batch_size": 512,
+    "steps": 12500, "log_every": 250, "plot_every": 2500, "ckpt_every": 2500,
+}
+
+
+def metz_ring8() -> Config:
+    """Ring of 8 Gaussians with Metz et al.'s 2-D setup (``METZ_2D``): the plain GAN collapses.
+
+    Run: ``jaxgan train --preset metz-ring8 --set unroll_steps=10`` (the paper's Figure 1); it
+    is slow on a CPU (12,500 rounds of batch 512). Results: benchmarks/README.md.
+    """
+    return Config(preset="metz-ring8", dataset="ring8", **METZ_2D)
+
+
+def metz_grid25() -> Config:
+    """5x5 grid (spacing 2, std 0.05) with ``METZ_2D``; D's input scale 1/4 maps it to [-1, 1].
+
+    Run: ``jaxgan train --preset metz-grid25 --set unroll_steps=10``. Results: benchmarks/README.md.
+    """
+    return Config(preset="metz-grid25", dataset="grid25", **METZ_2D)
 
 
 def gaussian1d() -> Config:
@@ -177,6 +206,8 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "ring8": ring8,
     "grid25": grid25,
     "gaussian1d": gaussian1d,
+    "metz-ring8": metz_ring8,
+    "metz-grid25": metz_grid25,
 }
 
 
