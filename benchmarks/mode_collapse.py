@@ -146,12 +146,12 @@ def key_config(c: configs.Config) -> dict:
 
 def table(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    out = ["| dataset | variant | modes (of K) | high-quality samples | reverse KL | seeds | rounds | wall |",
+    out = ["| preset | variant | modes (of K) | high-quality samples | reverse KL | seeds | rounds | wall |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kl = "—" if r["reverse_kl_mean"] is None else f"{r['reverse_kl_mean']:.2f} ± {r['reverse_kl_std']:.2f}"
         out.append(
-            f"| {r['dataset']} | {r['variant']} | {r['modes_mean']:.1f} ± {r['modes_std']:.1f} (of {r['num_modes']}) "
+            f"| {r.get('preset', r['dataset'])} | {r['variant']} | {r['modes_mean']:.1f} ± {r['modes_std']:.1f} (of {r['num_modes']}) "
             f"| {100 * r['high_quality_mean']:.1f} ± {100 * r['high_quality_std']:.1f} % | {kl} | {r['seeds']} "
             f"| {r['config']['steps']} | {r['wall_s'] / 60:.0f} min |"
         )
@@ -186,8 +186,9 @@ def main(argv=None) -> int:
             every = args.eval_every or max(1, config.steps // 10)
             res = run_variant(config, args.seeds, every, args.frames if args.plot_dir else 0)
             frames = res.pop("_frames")
+            num_modes = int(loop.Run.from_config(config).source.num_modes)
             row = {"benchmark": "mode_collapse", "command": " ".join(["python", *sys.argv]), "preset": name_preset,
-                   "dataset": config.dataset, "variant": name, "num_modes": int(loop.Run.from_config(config).source.num_modes),
+                   "dataset": config.dataset, "variant": name, "num_modes": num_modes,
                    "seeds": args.seeds, "config": key_config(config), "machine": machine(), **res}
             line = json.dumps(row)
             print(line, flush=True)

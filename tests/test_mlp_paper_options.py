@@ -32,3 +32,18 @@ def test_discriminator_input_scale_multiplies_the_input():
 def test_bad_values_are_rejected(item):
     with pytest.raises(configs.ConfigError, match=item.split("=")[0]):
         configs.apply_overrides(configs.preset("ring8"), configs.parse_overrides([item]))
+
+
+@pytest.mark.parametrize("name, num_modes", [("metz-ring8", 8), ("metz-grid25", 25)])
+def test_metz_presets_build_the_papers_networks(name, num_modes):
+    """Metz et al. 2016 appendix A: G 256 -> 128 -> 128 -> 2 (ReLU), D 2 -> 128 -> 1 (ReLU)."""
+    from jaxgan import loop
+
+    run = loop.Run.from_config(configs.preset(name))
+    state = run.init_state()
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    assert count(state.g.params) == (256 * 128 + 128) + (128 * 128 + 128) + (128 * 2 + 2)
+    assert count(state.d.params) == (2 * 128 + 128) + (128 * 1 + 1)
+    assert run.source.num_modes == num_modes
+    c = configs.preset(name)
+    assert (c.loss, c.g_lr, c.d_lr, c.b1, c.steps, c.unroll_steps) == ("minimax", 1e-4, 1e-4, 0.5, 12500, 0)
