@@ -146,15 +146,17 @@ def key_config(c: configs.Config) -> dict:
 
 def table(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    out = ["| preset | variant | modes (of K) | high-quality samples | reverse KL | seeds | rounds | wall |",
+    out = ["| preset | variant | modes (of K) | per seed | high-quality samples | reverse KL | rounds | wall |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kl = "—" if r["reverse_kl_mean"] is None else f"{r['reverse_kl_mean']:.2f} ± {r['reverse_kl_std']:.2f}"
-        out.append(
-            f"| {r.get('preset', r['dataset'])} | {r['variant']} | {r['modes_mean']:.1f} ± {r['modes_std']:.1f} (of {r['num_modes']}) "
-            f"| {100 * r['high_quality_mean']:.1f} ± {100 * r['high_quality_std']:.1f} % | {kl} | {r['seeds']} "
-            f"| {r['config']['steps']} | {r['wall_s'] / 60:.0f} min |"
-        )
+        if r.get("seeds_without_hq_samples"):  # KL undefined for those seeds: say over how many it is
+            kl += f" ({r['seeds'] - r['seeds_without_hq_samples']} of {r['seeds']} seeds)"
+        modes = f"{r['modes_mean']:.1f} ± {r['modes_std']:.1f} (of {r['num_modes']})"
+        per_seed = ", ".join(str(m) for m in r["per_seed"]["modes"])
+        hq = f"{100 * r['high_quality_mean']:.1f} ± {100 * r['high_quality_std']:.1f} %"
+        out.append(f"| {r.get('preset', r['dataset'])} | {r['variant']} | {modes} | {per_seed} | {hq} | {kl} "
+                   f"| {r['config']['steps']} | {r['wall_s'] / 60:.0f} min |")
     return "\n".join(out)
 
 

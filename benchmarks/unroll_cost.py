@@ -121,6 +121,30 @@ def throughput(config: configs.Config, rounds: int, calls: int) -> dict:
             "rounds_timed": rounds * calls, "finite": bool(np.isfinite(np.asarray(m["g_loss"])).all())}
 
 
+def table(path: str) -> str:
+    """The markdown tables of ``benchmarks/README.md`` from saved JSON lines."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    comp = {(r["impl"], r["unroll_steps"]): r for r in rows if r["kind"] == "compile"}
+    ks = sorted({k for _, k in comp})
+    out = ["| compile (trace + lower + compile), s | " + " | ".join(f"k={k}" for k in ks) + " |",
+           "|---|" + "---|" * len(ks)]
+    for impl in ("scan", "python_loop"):
+        cells = [f"{comp[(impl, k)]['total_s']:.1f}" if (impl, k) in comp else "—" for k in ks]
+        out.append(f"| {impl} | " + " | ".join(cells) + " |")
+    out += ["", "| rounds/s | k | first order | remat | chunk compile, s |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] == "throughput":
+            out.append(f"| {r['rounds_per_s']:.2f} | {r['unroll_steps']} | {r.get('unroll_first_order', False)} "
+                       f"| {r.get('unroll_remat', False)} | {r['chunk_compile_s']:.0f} |")
+    mem = {(r["unroll_steps"], r["unroll_remat"]): r for r in rows if r["kind"] == "memory"}
+    mks = sorted({k for k, _ in mem})
+    out += ["", "| XLA temp buffer, MiB | " + " | ".join(f"k={k}" for k in mks) + " |", "|---|" + "---|" * len(mks)]
+    for remat in (False, True):
+        cells = [f"{mem[(k, remat)]['temp_bytes'] / 2**20:.1f}" if (k, remat) in mem else "—" for k in mks]
+        out.append(f"| {'remat' if remat else 'no remat'} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="ring8")
@@ -132,7 +156,11 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=3, help="timed chunks per configuration")
     p.add_argument("--skip-python-loop", action="store_true")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    p.add_argument("--table", default=None, metavar="FILE.jsonl", help="print the markdown tables of saved lines")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
     base = configs.apply_overrides(configs.preset(args.preset), configs.parse_overrides(args.set))
     common = {"benchmark": "unroll_cost", "command": " ".join(["python", *sys.argv]), "preset": args.preset,
               "overrides": args.set, "batch_size": base.batch_size, "machine": machine()}
