@@ -78,6 +78,11 @@ def data_source(config: Config):
         return toy.TOY[config.dataset]
     if config.dataset.endswith(".npy"):
         return load_array(config.dataset)
+    if config.dataset.startswith("stacked:"):
+        from jaxgan.data import stacked
+
+        return stacked.load(config.dataset.removeprefix("stacked:"), data_dir=config.data_dir or None,
+                            image_size=config.image_size or None)
     random_images = synthetic.parse(config.dataset)
     if random_images is not None:
         return random_images
@@ -143,6 +148,8 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
             d_hidden=config.d_hidden,
             activation=config.activation,
             d_dropout=config.d_dropout,
+            init_gain=config.init_gain,
+            d_input_scale=config.d_input_scale,
         )
     else:
         raise ConfigError(f"model={config.model!r}: unknown model")
@@ -156,6 +163,7 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
         unroll_steps=config.unroll_steps,
         unroll_first_order=config.unroll_first_order,
         unroll_remat=config.unroll_remat,
+        unroll_resample=config.unroll_resample,
         penalties=remedies(config),
         ema_decay=config.ema_decay if config.ema_decay > 0 else None,
         axis_name=axis_name,

@@ -1,4 +1,4 @@
-"""``jaxgan``: train | sample | bench | diagnose.
+"""``jaxgan``: train | sample | eval | bench | diagnose.
 
 Errors a user can fix (bad config, bad data, bad run directory, unusable checkpoint) print one
 line starting with ``jaxgan: error:`` and exit with status 2, before anything is compiled.
@@ -138,6 +138,22 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from jaxgan import evaluate
+
+    if args.n is not None and args.n < 10:
+        raise configs.ConfigError(f"--n {args.n}: evaluation needs at least 10 samples")
+    if args.inception and not os.path.isfile(args.inception):
+        raise configs.ConfigError(
+            f"--inception {args.inception!r} does not exist: pass a .npz of pytorch-fid's FID Inception "
+            "state_dict (see `python -c 'import jaxgan.metrics.features as f; help(f.load_inception_variables)'`)")
+    result = evaluate.evaluate_run(args.run, n=args.n, step=args.step, inception=args.inception, seed=args.seed,
+                                   classifier_steps=args.classifier_steps,
+                                   echo=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from jaxgan import bench
 
@@ -201,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-report", action="store_true", help="do not write <run>/report/report.{md,html}")
     p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("eval", help="sample quality and mode coverage of a trained run (one JSON line; "
+                       "also appended to RUN/eval.jsonl)")
+    p.add_argument("--run", required=True, help="a run directory")
+    p.add_argument("--n", type=int, default=None,
+                   help="samples (and real examples) to compare (default: 2500 for toy data, 25600 for stacked "
+                        "digits, 10000 otherwise)")
+    p.add_argument("--step", type=int, default=None, help="which checkpoint (default: the latest)")
+    p.add_argument("--inception", default=None, metavar="WEIGHTS.npz",
+                   help="FID Inception weights (pytorch-fid's state_dict as .npz) for fid/kid/prdc_inception")
+    p.add_argument("--classifier-steps", type=int, default=1500,
+                   help="training steps of the evaluation classifier (image data with labels; cached in RUN/eval)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="compile time and steps/s of a preset's training step")
     _add_config_args(p, default_preset="ring8")

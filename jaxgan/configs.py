@@ -28,6 +28,7 @@ class Config:
     preset: str = "ring8"
     dataset: str = "ring8"  # ring8 | grid25 | gaussian1d | gaussian2d | a .npy file [N, ...] | random:HxWxC
     #   | any TFDS image dataset (mnist, fashion_mnist, cifar10, celeb_a, ...)
+    #   | stacked:NAME (Stacked-MNIST over TFDS digits NAME: mnist, or sklearn_digits offline)
     model: str = "mlp"  # mlp | dcgan
     latent_dim: int = 256
     g_hidden: tuple[int, ...] = (128, 128)  # MLP hidden widths, e.g. g_hidden=128,128
@@ -41,12 +42,15 @@ class Config:
     data_dir: str = ""  # TFDS data_dir ("": $TFDS_DATA_DIR or ~/tensorflow_datasets)
     data_split: str = "train"  # TFDS split to train on, e.g. train or train+test
     download: bool = False  # TFDS: download and prepare a dataset that data_dir does not hold
+    init_gain: float = 0.0  # > 0: orthogonal kernels with this gain (Metz et al.: 0.8); 0: LeCun normal
+    d_input_scale: float = 1.0  # D multiplies its input by this first (Metz et al.: 0.25)
     loss: str = "non_saturating"  # minimax | non_saturating | wasserstein | hinge | least_squares
     d_steps: int = 1  # D updates per round
     g_steps: int = 1  # G updates per round
     unroll_steps: int = 0  # unrolled-GAN lookahead depth k (0: plain GAN)
     unroll_first_order: bool = False  # stop the gradient through the lookahead
     unroll_remat: bool = False  # jax.checkpoint the lookahead (less memory, more compute)
+    unroll_resample: bool = False  # fresh fakes for every lookahead update (default: the G step's fakes)
     g_lr: float = 1e-3
     d_lr: float = 1e-4
     b1: float = 0.5  # Adam beta1 (both players)
@@ -99,6 +103,10 @@ class Config:
     diag_vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
     diag_osc_std: float = 0.1  # non_convergence: a score's std over the long window at least this,
     diag_osc_crossings: int = 4  # crossing its mean at least this often, and not damping out
+    eval_every: int = 0  # rounds between evaluations during training (0: off; a multiple of log_every)
+    eval_samples: int = 2500  # generated (and real) samples per evaluation during training
+    eval_inception: str = ""  # .npz of FID Inception weights (jaxgan.metrics.features.load_inception)
+    eval_classifier_steps: int = 1500  # training steps of the evaluation classifier (labelled images)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -137,16 +145,19 @@ RESUMABLE_CHANGES = frozenset({
 # Monitoring settings do not change the trajectory either.
 DIAG_KEYS = frozenset({"tensorboard", *(f for f in Config.__dataclass_fields__ if f.startswith("diag"))})
 RESUMABLE_CHANGES = RESUMABLE_CHANGES | DIAG_KEYS
+# Evaluation settings and where the data lives do not change the trajectory.
+RESUMABLE_CHANGES = RESUMABLE_CHANGES | {"data_dir", "eval_every", "eval_samples", "eval_inception",
+                                         "eval_classifier_steps"}
 
 
 # ---------------------------------------------------------------------------- presets
 
 
 def ring8() -> Config:
-    """Ring of 8 Gaussians, the unrolled-GAN paper's setup (see benchmarks/README.md).
+    """Ring of 8 Gaussians (radius 2, std 0.02): the fast default (a few minutes on a 2-core CPU).
 
     Run: ``jaxgan train`` (this is the default preset), or with the lookahead
-    ``jaxgan train --set unroll_steps=10``.
+    ``jaxgan train --set unroll_steps=10``. The paper's own setup is ``metz-ring8``.
     """
     return Config(preset="ring8", dataset="ring8")
 
@@ -154,6 +165,35 @@ def ring8() -> Config:
 def grid25() -> Config:
     """5x5 grid of Gaussians (VEEGAN/PacGAN's harder mode-collapse benchmark)."""
     return Config(preset="grid25", dataset="grid25")
+
+
+# The 2-D mixture experiment of Metz et al. 2016 (arXiv:1611.02163, appendix A): G has two ReLU
+# layers of 128 and a linear output; D scales its input by 1/4, then one ReLU layer of 128 and a
+# linear logit; all kernels orthogonal with gain 0.8; the saturating minimax loss; z ~ N(0, I_256);
+# Adam(1e-4, beta1 = 0.5) for both players; 25,000 single-player updates (12,500 rounds). The
+# batch size (512) is the authors' notebook's (poolio/unrolled_gan); the paper does not give one.
+METZ_2D: dict[str, Any] = {
+    "latent_dim": 256, "g_hidden": (128, 128), "d_hidden": (128,), "activation": "relu", "init_gain": 0.8,
+    "d_input_scale": 0.25, "loss": "minimax", "g_lr": 1e-4, "d_lr": 1e-4, "b1": 0.5, "batch_size": 512,
+    "steps": 12500, "log_every": 250, "plot_every": 2500, "ckpt_every": 2500,
+}
+
+
+def metz_ring8() -> Config:
+    """Ring of 8 Gaussians with Metz et al.'s 2-D setup (``METZ_2D``): the plain GAN collapses.
+
+    Run: ``jaxgan train --preset metz-ring8 --set unroll_steps=10`` (the paper's Figure 1); it
+    is slow on a CPU (12,500 rounds of batch 512). Results: benchmarks/README.md.
+    """
+    return Config(preset="metz-ring8", dataset="ring8", **METZ_2D)
+
+
+def metz_grid25() -> Config:
+    """5x5 grid (spacing 2, std 0.05) with ``METZ_2D``; D's input scale 1/4 maps it to [-1, 1].
+
+    Run: ``jaxgan train --preset metz-grid25 --set unroll_steps=10``. Results: benchmarks/README.md.
+    """
+    return Config(preset="metz-grid25", dataset="grid25", **METZ_2D)
 
 
 def gaussian1d() -> Config:
@@ -218,6 +258,8 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "dcgan-cifar10": dcgan_cifar10,
     "dcgan32": dcgan32,
     "dcgan64": dcgan64,
+    "metz-ring8": metz_ring8,
+    "metz-grid25": metz_grid25,
 }
 
 
@@ -315,6 +357,39 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 
 # ---------------------------------------------------------------------------- validation
 
+# Evaluation metrics (jaxgan.evaluate) by which end is best, matched by prefix (``fid`` covers
+# ``fid_classifier``, ``modes`` covers ``modes_captured``); keep-best needs diag_best_mode to agree.
+EVAL_HIGHER_IS_BETTER = ("modes", "high_quality", "precision", "recall", "density", "coverage")
+EVAL_LOWER_IS_BETTER = ("fid", "fd", "kid", "mode_kl")
+# Logged by jaxgan.diagnose at plot/checkpoint steps on toy data, without periodic evaluation.
+DIAG_COVERAGE_METRICS = ("modes_captured", "modes_effective", "high_quality_frac")
+
+
+def metric_direction(name: str) -> str | None:
+    """``"max"`` or ``"min"``: which end of evaluation metric ``name`` is best (None: not one)."""
+    for prefix in sorted(EVAL_HIGHER_IS_BETTER + EVAL_LOWER_IS_BETTER, key=len, reverse=True):
+        if name == prefix or name.startswith(prefix + "_"):
+            return "max" if prefix in EVAL_HIGHER_IS_BETTER else "min"
+    return None
+
+
+def _validate_best_metric(c: Config, need: Callable[[bool, str, str], None]) -> None:
+    """A keep-best metric from evaluation needs evaluation on, and the mode that prefers its best
+    end: ``diag_best_metric`` (jaxgan.diagnose) and, where the checkpoint manager has it,
+    ``keep_best_metric``."""
+    for metric_key, mode_key in (("diag_best_metric", "diag_best_mode"), ("keep_best_metric", "keep_best_mode")):
+        value = getattr(c, metric_key, "").strip()
+        if value in ("auto", "off", ""):
+            continue
+        for name in (n.strip() for n in value.split(",")):
+            direction = metric_direction(name)
+            if direction is None:
+                continue
+            need(direction == getattr(c, mode_key), mode_key,
+                 f"{name} is better when {'larger' if direction == 'max' else 'smaller'}: set {mode_key}={direction}")
+            need(c.eval_every > 0 or name in DIAG_COVERAGE_METRICS, metric_key,
+                 f"{name} comes from periodic evaluation: set eval_every (e.g. eval_every={10 * c.log_every})")
+
 
 def _validate_diag(c: Config, need: Callable[[bool, str, str], None]) -> None:
     need(c.diag in ("warn", "stop", "off"), "diag", "choose warn (report failure modes), stop (also stop "
@@ -356,11 +431,11 @@ def validate(c: Config) -> Config:
     need(c.loss in LOSS_NAMES, "loss", f"unknown loss; choose one of {', '.join(LOSS_NAMES)}")
     # Any other name is looked up in TFDS when the data source is built (before compiling).
     need(
-        c.dataset in DATASETS or c.dataset.endswith(".npy") or c.dataset.startswith("random:")
+        c.dataset in DATASETS or c.dataset.endswith(".npy") or c.dataset.startswith(("random:", "stacked:"))
         or TFDS_NAME.fullmatch(c.dataset) is not None,
         "dataset",
-        f"choose one of {', '.join(DATASETS)}, a path to a .npy array [N, ...], random:HxWxC, or a TFDS "
-        "image dataset such as mnist or cifar10",
+        f"choose one of {', '.join(DATASETS)}, a path to a .npy array [N, ...], random:HxWxC, stacked:NAME, "
+        "or a TFDS image dataset such as mnist or cifar10",
     )
     need(c.model in MODELS, "model", f"choose one of {', '.join(MODELS)}")
     need(c.d_norm in D_NORMS, "d_norm", f"choose one of {', '.join(D_NORMS)}")
@@ -382,6 +457,8 @@ def validate(c: Config) -> Config:
     need(0.0 <= c.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1), e.g. 0.1")
     need(0.0 <= c.label_flip < 1.0, "label_flip", "must be in [0, 1), e.g. 0.05")
     need(0.0 <= c.d_dropout < 1.0, "d_dropout", "must be in [0, 1)")
+    need(c.init_gain >= 0.0, "init_gain", "must be >= 0 (0: the default LeCun-normal init), e.g. 0.8")
+    need(c.d_input_scale > 0.0, "d_input_scale", "must be > 0 (1: inputs unchanged), e.g. 0.25")
     need(0.0 <= c.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0: off), e.g. 0.999")
     need(c.instance_noise_anneal >= 0, "instance_noise_anneal", "must be >= 0")
     need(c.nan_policy in ("stop", "skip"), "nan_policy", "choose stop or skip")
@@ -396,6 +473,12 @@ def validate(c: Config) -> Config:
     for key in ("log_every", "plot_every", "ckpt_every", "keep_checkpoints"):
         need(getattr(c, key) >= 1, key, "must be >= 1")
     _validate_diag(c, need)
+    need(c.eval_every >= 0, "eval_every", "must be >= 0 (0: no evaluation during training)")
+    need(c.eval_every % c.log_every == 0, "eval_every",
+         f"must be a multiple of log_every={c.log_every} (the loop evaluates between compiled chunks)")
+    need(c.eval_samples >= 10, "eval_samples", "needs at least 10 samples (k-NN metrics, KID subsets)")
+    need(c.eval_classifier_steps >= 1, "eval_classifier_steps", "must be >= 1")
+    _validate_best_metric(c, need)
     need(all(w >= 1 for w in c.g_hidden) and len(c.g_hidden) >= 1, "g_hidden", "widths >= 1, e.g. 128,128")
     need(all(w >= 1 for w in c.d_hidden) and len(c.d_hidden) >= 1, "d_hidden", "widths >= 1, e.g. 128,128")
     return c

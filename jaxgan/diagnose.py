@@ -56,6 +56,7 @@ D's feedback has become noise; :class:`BestKeeper` keeps the best checkpoint by 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -648,30 +649,37 @@ def replay(rows: Iterable[Row], thresholds: Thresholds = Thresholds(), policy: P
 
 
 def mode_coverage(samples: np.ndarray, centers: np.ndarray, std: float) -> dict[str, float]:
-    """Mode coverage of 2-D samples ``[N, D]`` on a mixture with ``centers [K, D]`` and ``std``.
+    """Mode coverage of samples ``[N, D]`` on a mixture with ``centers [K, D]`` and ``std``, as
+    the logged floats ``modes_captured``, ``modes_effective``, ``high_quality_frac``.
 
-    The VEEGAN protocol (Srivastava et al. 2017, section 5.1): a sample is high quality when it
-    lies within 3 std of its nearest centre; a mode is captured when it is the nearest centre of
-    at least one high-quality sample. ``modes_effective`` is exp(entropy) of the high-quality
-    samples' mode histogram: K when they spread evenly over K modes, 1 when they all sit on one,
-    and unlike a count it is not moved by a few stray samples.
-
-    Private stand-in until ``jaxgan.metrics.coverage`` (the unroll helper's) is on main.
+    The protocol (high quality within 3 std of the nearest centre; captured modes) is
+    :func:`jaxgan.metrics.coverage.mode_coverage`'s. ``modes_effective`` is exp(entropy) of its
+    high-quality mode histogram (= K exp(-reverse KL)): K when they spread evenly over K modes,
+    1 when they all sit on one, and unlike a count it is not moved by a few stray samples; 0
+    when no sample is high quality.
     """
-    x = np.asarray(samples, np.float64)
-    c = np.asarray(centers, np.float64)
-    d2 = np.sum((x[:, None, :] - c[None]) ** 2, axis=-1)
-    nearest = np.argmin(d2, axis=1)
-    quality = np.sqrt(d2[np.arange(x.shape[0]), nearest]) <= 3.0 * std
-    counts = np.bincount(nearest[quality], minlength=c.shape[0]).astype(np.float64)
+    import jax
+
+    cov = jax.device_get(_coverage_fn()(samples, centers, std))
+    counts = np.asarray(cov.counts, np.float64)
     total = counts.sum()
     if total > 0:
         p = counts[counts > 0] / total
         effective = float(np.exp(-np.sum(p * np.log(p))))
     else:
         effective = 0.0
-    return {"modes_captured": float(np.count_nonzero(counts)), "modes_effective": effective,
-            "high_quality_frac": float(quality.mean())}
+    return {"modes_captured": float(cov.modes), "modes_effective": effective,
+            "high_quality_frac": float(cov.high_quality)}
+
+
+@functools.cache
+def _coverage_fn():
+    """:func:`jaxgan.metrics.coverage.mode_coverage`, compiled (once per shape)."""
+    import jax
+
+    from jaxgan.metrics import coverage
+
+    return jax.jit(coverage.mode_coverage)
 
 
 # ----------------------------------------------------------------------------- keep best

@@ -87,7 +87,13 @@ class GAN:
 
     ``unroll_steps=k`` trains G against D advanced k updates ahead (:mod:`jaxgan.unroll`);
     ``unroll_first_order`` stops the gradient through those updates; ``unroll_remat`` wraps the
-    unrolled update in ``jax.checkpoint``. ``axis_name`` names the device axis when the steps
+    unrolled update in ``jax.checkpoint``. Unrolling differentiates through ``d_optimizer``:
+    give Adam ``eps_root > 0`` (e.g. ``optax.adam(lr, eps_root=1e-16)``), or a parameter with
+    an exactly-zero gradient makes G's gradient NaN (see :mod:`jaxgan.unroll`). The lookahead
+    updates train on the fakes the G loss is taken on, as the authors' reference notebook does
+    (one generator pass per G update); ``unroll_resample`` draws fresh fakes for every
+    lookahead update instead (k more generator passes, forward and backward).
+    ``axis_name`` names the device axis when the steps
     run under ``pmap``/``shard_map``: gradients, metrics and (if ``sync_model_state``) batch
     statistics are averaged over it. ``batch_sharding`` is for the other way to go parallel,
     ``jax.jit`` over a mesh with the state replicated: the sharding of per-example arrays
@@ -110,6 +116,7 @@ class GAN:
     unroll_steps: int = 0
     unroll_first_order: bool = False
     unroll_remat: bool = False
+    unroll_resample: bool = False
     penalties: tuple[Remedy, ...] = ()
     ema_decay: float | None = None
     axis_name: str | None = None
@@ -313,7 +320,8 @@ class GAN:
     ) -> tuple[PlayerState, Metrics]:
         """One discriminator update against fakes from ``g_params`` (held constant: G's new
         batch statistics are discarded). This is the one D update: :meth:`d_step` calls it, and
-        the unrolled lookahead scans it with ``g_params`` being differentiated.
+        the unrolled lookahead scans it (or its second half, :meth:`d_update_on`) with
+        ``g_params`` being differentiated.
 
         ``real: [B, ...]`` is this device's batch; ``key`` the update's key.
         """
@@ -321,8 +329,16 @@ class GAN:
         ids = self.example_ids(n)
         k_z, k_g, k_loss = jax.random.split(key, 3)
         fake, _ = self._generate(g_params, g_model_state, self.latents(k_z, ids), self._device_key(k_g), True)
+        return self.d_update_on(d, real, fake, k_loss, with_metrics=with_metrics)
+
+    def d_update_on(
+        self, d: PlayerState, real: Array, fake: Array, key: Array, *, with_metrics: bool = True
+    ) -> tuple[PlayerState, Metrics]:
+        """The D update of :meth:`d_update` on given fakes ``fake: [B, ...]`` (``key``: the
+        loss's key, for penalties and noise)."""
+        ids = self.example_ids(real.shape[0])
         grad_fn = jax.value_and_grad(self._d_loss, has_aux=True)
-        (loss, aux), grads = grad_fn(d.params, d.model_state, real, fake, k_loss, ids, d.count)
+        (loss, aux), grads = grad_fn(d.params, d.model_state, real, fake, key, ids, d.count)
         grads = self._pmean(grads)
         model_state = aux["model_state"]
         if self.sync_model_state:
@@ -369,19 +385,21 @@ class GAN:
         z = self.latents(k_z, ids)
 
         def loss_fn(g_params):
+            fake, g_state = self._generate(g_params, g.model_state, z, k_g, True)
+
             def advance(d_carry, j):
                 real = jax.lax.dynamic_index_in_dim(reals, j % n_batches, keepdims=False)
-                new, _ = self.d_update(
-                    d_carry, g_params, g.model_state, real, jax.random.fold_in(k_unroll, j),
-                    with_metrics=False,
-                )
+                key_j = jax.random.fold_in(k_unroll, j)
+                if self.unroll_resample:
+                    new, _ = self.d_update(d_carry, g_params, g.model_state, real, key_j, with_metrics=False)
+                else:  # every lookahead update sees this step's fakes (Metz et al.'s notebook)
+                    new, _ = self.d_update_on(d_carry, real, fake, key_j, with_metrics=False)
                 return new
 
             d_ahead = unroll_lib.scan_updates(
                 advance, d, self.unroll_steps,
                 first_order=self.unroll_first_order, remat=self.unroll_remat,
             )
-            fake, g_state = self._generate(g_params, g.model_state, z, k_g, True)
             fake_in = self._perturb(fake, k_noise, ids, d_ahead.count)
             # D's batch statistics from this pass are discarded: D is held constant.
             logits, _ = self._discriminate(d_ahead.params, d_ahead.model_state, fake_in, k_d, True)

@@ -64,6 +64,11 @@ class Observer:
         """Extra scalars to log at this step (e.g. evaluation metrics)."""
         return {}
 
+    def wants_state(self, step: int) -> bool:
+        """Whether ``on_checkpoint`` must also run at ``step`` (a multiple of log_every) when it is
+        not a checkpoint or plot boundary (e.g. periodic evaluation)."""
+        return False
+
     def should_stop(self) -> str | None:
         return None
 
@@ -169,8 +174,9 @@ def _chunk_mean(values: np.ndarray) -> float:
 
 
 def default_observers(config: Config) -> tuple[Observer, ...]:
-    """The observers every run gets: failure-mode diagnosis (unless ``diag=off``) and a
-    TensorBoard writer (unless ``tensorboard=false``)."""
+    """The observers every run gets: failure-mode diagnosis (unless ``diag=off``), a
+    TensorBoard writer (unless ``tensorboard=false``) and periodic evaluation (when
+    ``eval_every > 0``)."""
     out: list[Observer] = []
     if config.diag != "off":
         out.append(diagnose.DiagnosisObserver.from_config(config))
@@ -178,6 +184,10 @@ def default_observers(config: Config) -> tuple[Observer, ...]:
         from jaxgan import tensorboard
 
         out.append(tensorboard.TensorBoardObserver())
+    if config.eval_every > 0:
+        from jaxgan import evaluate  # evaluate builds on this module
+
+        out.extend(evaluate.observers(config))
     return tuple(out)
 
 
@@ -515,7 +525,8 @@ def train(
                     stop_reason = "another process stopped"
                 plot_due = step % config.plot_every == 0 or step == total or stop_reason is not None
                 ckpt_due = step % config.ckpt_every == 0 or step == total or stop_reason is not None
-                if plot_due or ckpt_due:
+                wanted = any(getattr(obs, "wants_state", lambda _: False)(step) for obs in observers)
+                if plot_due or ckpt_due or wanted:
                     handle(*pending)
                     pending = None
                     boundary(step, state, ckpt_due, plot_due)

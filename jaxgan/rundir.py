@@ -7,6 +7,9 @@ Layout::
     events.jsonl      one JSON object per diagnosis event: {"step", "kind", "evidence", "remedies"}
     summary.json      wall time, steps/s and final metrics, rewritten when a session ends
     scores.png, losses.png, health.png, samples*.png
+    eval.jsonl        one JSON object per evaluation (`jaxgan eval`, or eval_every during training)
+    eval.png          the evaluation metrics over training
+    eval/             the cached evaluation classifier (image data with labels)
     checkpoints/      orbax checkpoints
     best/, best.json  the best checkpoint by diag_best_metric, and its record (jaxgan.diagnose)
     tensorboard/      TensorBoard event files (jaxgan.tensorboard)

@@ -273,3 +273,30 @@ def image_grid(images: np.ndarray, path: str, *, columns: int | None = None, tit
     if title:
         ax.set_title(title, fontsize=8)
     _save(fig, path)
+
+
+def metrics_plot(rows: Sequence[dict[str, Any]], path: str, *, keys: Sequence[str] | None = None,
+                 title: str = "") -> None:
+    """One small panel per numeric metric over steps (e.g. the rows of ``eval.jsonl``)."""
+    skip = {"step", "n", "seed"}
+    if keys is None:
+        keys = sorted({k for r in rows for k, v in r.items()
+                       if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)})
+    keys = [k for k in keys if _series(rows, k)[0].size]
+    if not keys:
+        return
+    cols = min(4, len(keys))
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys, strict=False):
+        steps, values = _series(rows, key)
+        ax.plot(steps, values, "o-", ms=3, lw=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

@@ -13,3 +13,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """A TFDS data_dir holding the offline ``sklearn_digits`` dataset (built once per session)."""
+    from jaxgan.data import sklearn_digits
+
+    path = tmp_path_factory.mktemp("tfds")
+    sklearn_digits.prepare(str(path))
+    return str(path)

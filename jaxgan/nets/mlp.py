@@ -17,6 +17,12 @@ from jaxgan.nets.adapters import Network, from_linen
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "leaky_relu": nn.leaky_relu, "elu": nn.elu}
 
 
+def _kernel_init(gain: float):
+    """Orthogonal kernels with ``gain`` when ``gain > 0`` (Metz et al. 2016, appendix A, use
+    0.8); flax's default (LeCun normal) when ``gain == 0``."""
+    return nn.initializers.orthogonal(gain) if gain > 0 else nn.linear.default_kernel_init
+
+
 def _activation(name: str):
     try:
         return ACTIVATIONS[name]
@@ -30,36 +36,44 @@ class MLPGenerator(nn.Module):
     out_shape: Sequence[int]
     hidden: Sequence[int] = (128, 128)
     activation: str = "relu"
+    init_gain: float = 0.0
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
         act = _activation(self.activation)
+        init = _kernel_init(self.init_gain)
         h = z
         for width in self.hidden:
-            h = act(nn.Dense(width)(h))
+            h = act(nn.Dense(width, kernel_init=init)(h))
         size = 1
         for s in self.out_shape:
             size *= s
-        return nn.Dense(size)(h).reshape((z.shape[0], *self.out_shape))
+        return nn.Dense(size, kernel_init=init)(h).reshape((z.shape[0], *self.out_shape))
 
 
 class MLPDiscriminator(nn.Module):
-    """``x: [B, ...] -> logits: [B]``: hidden layers with optional dropout (a remedy for a
+    """``x: [B, ...] -> logits: [B]``: the input times ``input_scale`` (Metz et al. scale 2-D
+    inputs by 1/4, to about [-1, 1]), hidden layers with optional dropout (a remedy for a
     discriminator that dominates), then one linear output unit."""
 
     hidden: Sequence[int] = (128, 128)
     activation: str = "relu"
     dropout: float = 0.0
+    init_gain: float = 0.0
+    input_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = _activation(self.activation)
+        init = _kernel_init(self.init_gain)
         h = x.reshape(x.shape[0], -1)
+        if self.input_scale != 1.0:
+            h = h * self.input_scale
         for width in self.hidden:
-            h = act(nn.Dense(width)(h))
+            h = act(nn.Dense(width, kernel_init=init)(h))
             if self.dropout > 0.0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        return nn.Dense(1)(h)[:, 0]
+        return nn.Dense(1, kernel_init=init)(h)[:, 0]
 
 
 def mlp_pair(
@@ -70,8 +84,11 @@ def mlp_pair(
     d_hidden: Sequence[int] = (128, 128),
     activation: str = "relu",
     d_dropout: float = 0.0,
+    init_gain: float = 0.0,
+    d_input_scale: float = 1.0,
 ) -> tuple[Network, Network]:
     """The reference generator and discriminator as :class:`Network` s."""
-    g = MLPGenerator(out_shape=tuple(data_shape), hidden=tuple(g_hidden), activation=activation)
-    d = MLPDiscriminator(hidden=tuple(d_hidden), activation=activation, dropout=d_dropout)
+    g = MLPGenerator(out_shape=tuple(data_shape), hidden=tuple(g_hidden), activation=activation, init_gain=init_gain)
+    d = MLPDiscriminator(hidden=tuple(d_hidden), activation=activation, dropout=d_dropout, init_gain=init_gain,
+                         input_scale=d_input_scale)
     return from_linen(g, latent_dim=latent_dim), from_linen(d)
