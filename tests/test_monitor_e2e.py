@@ -128,12 +128,14 @@ def test_collapsed_grid25_gan_is_flagged_mode_collapse(tmp_path):
 
 @pytest.mark.slow
 def test_healthy_unrolled_ring8_raises_no_failure(tmp_path):
-    # About 2.5 min under load here (50 s of CPU); warm-up 200, window 500.
-    _, result, events, rows, _ = train(tmp_path, "ring8", 1200, "unroll_steps=5", "batch_size=256",
-                                       "plot_every=400", "ckpt_every=1200", "tensorboard=false",
+    # About 1 min on a quiet 2-core CPU; warm-up 200, window 500. The samples are still loose
+    # at 1200 rounds (under 1% within 3 std of a centre, so the mode count there is noisy);
+    # by 2000 rounds this run covers all 8 modes.
+    _, result, events, rows, _ = train(tmp_path, "ring8", 2000, "unroll_steps=5", "batch_size=256",
+                                       "plot_every=400", "ckpt_every=2000", "tensorboard=false",
                                        "diag_warmup=200", "diag_window=500")
     assert not [e for e in events if e["kind"] in FAILURES]
-    assert result.final_step == 1200
+    assert result.final_step == 2000
     assert min(r["diversity"] for r in rows if "diversity" in r and r["step"] > 200) > 0.8
     assert [r for r in rows if "modes_captured" in r][-1]["modes_captured"] >= 6
 
