@@ -29,17 +29,14 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import sys
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxgan import configs, loop, viz
+from jaxgan import bench, configs, loop, viz
 from jaxgan.metrics import coverage
 from jaxgan.runner import train_chunk
 
@@ -56,18 +53,6 @@ VARIANTS: dict[str, dict] = {
     "unrolled-10": {"unroll_steps": 10},
     "wgan-gp": WGAN_GP,
 }
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "platform": jax.devices()[0].platform,
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-            "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}}
 
 
 def _stats(values: np.ndarray) -> tuple[float, float]:
@@ -191,7 +176,7 @@ def main(argv=None) -> int:
             num_modes = int(loop.Run.from_config(config).source.num_modes)
             row = {"benchmark": "mode_collapse", "command": " ".join(["python", *sys.argv]), "preset": name_preset,
                    "dataset": config.dataset, "variant": name, "num_modes": num_modes,
-                   "seeds": args.seeds, "config": key_config(config), "machine": machine(), **res}
+                   "seeds": args.seeds, "config": key_config(config), "machine": bench.machine(), **res}
             line = json.dumps(row)
             print(line, flush=True)
             if args.out:

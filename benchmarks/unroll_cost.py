@@ -31,37 +31,16 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
-import platform
 import sys
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxgan import configs, loop
+from jaxgan import bench, configs, loop
 from jaxgan import gan as gan_lib
 from jaxgan.runner import train_chunk
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "platform": jax.devices()[0].platform,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-                     "python": platform.python_version()},
-    }
 
 
 def python_loop_updates(update, carry, steps, *, first_order=False, remat=False):
@@ -163,7 +142,7 @@ def main(argv=None) -> int:
         return 0
     base = configs.apply_overrides(configs.preset(args.preset), configs.parse_overrides(args.set))
     common = {"benchmark": "unroll_cost", "command": " ".join(["python", *sys.argv]), "preset": args.preset,
-              "overrides": args.set, "batch_size": base.batch_size, "machine": machine()}
+              "overrides": args.set, "batch_size": base.batch_size, "machine": bench.machine()}
     sink = open(args.out, "a") if args.out else None
 
     def emit(row: dict) -> None:

@@ -8,6 +8,7 @@ PyTorch, and the machine's matmul peak measured in the same run.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Any
@@ -17,6 +18,28 @@ import numpy as np
 
 from jaxgan.configs import Config
 from jaxgan.data.host import HostSource
+
+
+def machine() -> dict[str, Any]:
+    """What a benchmark figure was measured on: CPU model, cores, JAX platform, the 1-minute load
+    average (figures taken under load are pessimistic) and library versions."""
+    import flax
+    import optax
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "platform": jax.devices()[0].platform,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+                     "python": platform.python_version()},
+    }
 
 
 def compiled_flops(compiled) -> float | None:
