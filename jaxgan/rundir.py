@@ -194,14 +194,6 @@ def create(out: str, config: Config) -> None:
         raise RunDirError(f"cannot create run directory {out!r} ({reason}): choose another --out") from None
 
 
-def prepare(out: str, config: Config) -> bool:
-    """:func:`inspect`, then :func:`create` for a new run; return True when resuming."""
-    if inspect(out, config):
-        return True
-    create(out, config)
-    return False
-
-
 def update_config(out: str, config: Config) -> None:
     """Record the resumable fields (e.g. a raised ``steps``) of a resumed run."""
     write_json(os.path.join(out, CONFIG), dataclasses.asdict(config))

@@ -370,7 +370,7 @@ def test_event_spans_for_plots():
 def _fake_run(tmp_path, rows, events, **config):
     out = str(tmp_path / "run")
     cfg = configs.Config(steps=rows[-1]["step"], **config)
-    rundir.prepare(out, cfg)
+    rundir.create(out, cfg)
     rundir.append_jsonl(os.path.join(out, rundir.METRICS), rows)
     rundir.append_jsonl(os.path.join(out, rundir.EVENTS), events)
     return out, cfg
