@@ -210,14 +210,6 @@ def _write_cache(path: str, images: np.ndarray, echo) -> None:
             os.remove(tmp)
 
 
-def describe_dataset(name: str, data_dir: str = "") -> dict[str, Any]:
-    """The dataset's TFDS metadata (for error messages and the CLI), without reading data."""
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
-    builder = _builder(name, data_dir)
-    return {"name": builder.info.full_name, "features": str(builder.info.features),
-            "splits": {k: v.num_examples for k, v in builder.info.splits.items()}}
-
-
 class TFDSImages:
     """A TFDS image split as a :class:`~jaxgan.data.host.HostSource`, read lazily: building it
     reads only the dataset's metadata (the example shape); the images are loaded (or read from
