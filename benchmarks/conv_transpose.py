@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan import cpu
 from jaxgan.nets import ConvTranspose
 
 
@@ -111,7 +112,10 @@ def main(argv=None) -> int:
     p.add_argument("--layer", action="append", metavar="B,H,CIN,COUT",
                    help="input [B, H, H, CIN] -> [B, 2H, 2H, COUT] (default: 64,8,256,128)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-cpu-tuning", action="store_true", help="leave XLA's CPU defaults (see jaxgan.cpu)")
     a = p.parse_args(argv)
+    if not a.no_cpu_tuning:
+        cpu.tune()  # what `jaxgan train` runs with; applies to flax's layer as well
     for spec in a.layer or ["64,8,256,128"]:
         batch, size, cin, cout = (int(v) for v in spec.split(","))
         print(json.dumps(run_layer(batch, size, cin, cout, a.repeats)), flush=True)

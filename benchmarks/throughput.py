@@ -36,7 +36,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jaxgan import bench, configs, loop
+from jaxgan import bench, configs, cpu, loop
 from jaxgan.runner import round_batches
 
 PRESETS = {
@@ -208,6 +208,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
         "jax": jax.__version__,
         "torch": torch_version,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "threefry_unrolled": cpu.threefry_unrolled(),
     }
     return out
 
@@ -222,7 +223,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of measurement")
     p.add_argument("--chunks", type=int, default=None, help="timed chunks per repeat (default per preset)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--no-cpu-tuning", action="store_true",
+                   help="leave XLA's CPU defaults (YNNPACK dots, rolled threefry) instead of jaxgan.cpu.tune()")
     a = p.parse_args(argv)
+    if not a.no_cpu_tuning:
+        cpu.tune()  # what `jaxgan train` runs with
     peak = bench.matmul_peak()
     rows = []
     for name in a.preset or list(PRESETS):

@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 
-from jaxgan import configs, rundir
+from jaxgan import configs, cpu, rundir
 from jaxgan.checkpoint import CheckpointError
 from jaxgan.data.checks import DataError, DataWarning
 
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cpu.tune(warn=False)  # before JAX's first computation: faster CPU kernels, same results
     warnings.showwarning = _show_warning
     try:
         return args.func(args)

@@ -24,12 +24,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("c_in", [3, conv_lib.SUBPIXEL_MIN_CHANNELS])  # both ways of the input gradient
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
-def test_values_and_gradients_equal_lax(case):
+def test_values_and_gradients_equal_lax(case, c_in):
     spatial, kernel, strides, padding, dilation = case
     n = len(spatial)
-    u = jax.random.normal(jax.random.key(0), (2, *spatial, 3))
-    w = jax.random.normal(jax.random.key(1), (*kernel, 3, 4))
+    u = jax.random.normal(jax.random.key(0), (2, *spatial, c_in))
+    w = jax.random.normal(jax.random.key(1), (*kernel, c_in, 4))
 
     def run(fn):
         def f(u_, w_):

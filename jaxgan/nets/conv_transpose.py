@@ -16,9 +16,13 @@ A transposed convolution is exactly the input-gradient (the adjoint) of a stride
 
 :func:`conv_transpose` is :func:`jaxgan.nets.conv.conv_input_grad`, whose ``custom_vjp``
 computes both gradients that way, every convolution emitted in the canonical layout XLA's CPU
-backend needs for its fast path even inside a ``lax.scan`` (see :mod:`jaxgan.nets.conv`). The
-forward pass is the same ``lhs``-dilated convolution as ``lax.conv_transpose``, so values are
-identical.
+backend needs for its fast path even inside a ``lax.scan`` (see :mod:`jaxgan.nets.conv`). Strided,
+the forward pass itself is not ``lax.conv_transpose``'s convolution of the stride-dilated input
+(s**2 multiply-adds per useful one for s x s strides) but stride-1 convolutions, one per output
+phase (sub-pixel convolution; Shi et al. 2016, "Real-time single image and video
+super-resolution using an efficient sub-pixel convolutional neural network"): the same sums, so
+the same values up to float rounding.
+
 :class:`ConvTranspose` is a drop-in for ``flax.linen.ConvTranspose`` (same attributes, same
 parameter names and shapes, same outputs). Reverse-mode (any order) is supported; forward-mode
 (``jax.jvp``) is not, as for every ``custom_vjp``.

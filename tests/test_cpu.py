@@ -1,0 +1,96 @@
+"""jaxgan.cpu: the unrolled threefry gives JAX's bits; tune() sets the XLA flag without
+overriding a user's own, and takes effect (no YNNPACK fusion, no threefry loop) in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgan import cpu
+
+# Threefry-2x32 with 20 rounds, known-answer vectors of the Random123 library (kat_vectors:
+# key, counter -> output), as JAX's own tests use them.
+KAT = [
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+]
+
+
+@pytest.mark.parametrize("key, count, expected", KAT)
+def test_threefry_known_answers(key, count, expected):
+    u32 = lambda v: np.array([v], np.uint32)  # noqa: E731
+    with np.errstate(over="ignore"):
+        out = cpu.threefry2x32(u32(key[0]), u32(key[1]), u32(count[0]), u32(count[1]))
+    assert (int(out[0][0]), int(out[1][0])) == expected
+
+
+def test_threefry_matches_jax_primitive_on_many_counters():
+    """numpy evaluation of the unrolled hash vs JAX's threefry2x32 primitive (compiled)."""
+    rng = np.random.default_rng(0)
+    k1, k2 = (np.uint32(v) for v in rng.integers(0, 2**32, 2))
+    x1, x2 = (rng.integers(0, 2**32, 1000).astype(np.uint32) for _ in range(2))
+    with np.errstate(over="ignore"):
+        ours = cpu.threefry2x32(k1, k2, x1, x2)
+    theirs = jax.jit(jax.extend.random.threefry_2x32)(np.array([k1, k2], np.uint32), np.concatenate([x1, x2]))
+    np.testing.assert_array_equal(np.concatenate(ours), np.asarray(theirs))
+
+
+DRAW = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+tuned = sys.argv[1] == "tuned"
+if tuned:
+    from jaxgan import cpu
+    assert cpu.tune()
+key = jax.random.fold_in(jax.random.key(7), 3)
+f = jax.jit(lambda k: (jax.random.normal(k, (33, 5)), jax.random.uniform(jax.random.split(k)[1], (17,)),
+                       jax.random.key_data(jax.random.split(k, 4)), jax.random.bits(k, (9,))))
+hlo = f.lower(key).compile().as_text()
+dot = jax.jit(lambda a: a @ a).lower(jnp.ones((64, 64))).compile().as_text()
+from jaxgan.cpu import COMPILER_OPTIONS
+dot_opts = jax.jit(lambda a: a @ a, compiler_options=COMPILER_OPTIONS).lower(jnp.ones((64, 64))).compile().as_text()
+print(json.dumps({"out": [np.asarray(x).tolist() for x in f(key)], "while": " while(" in hlo,
+                  "ynn": "ynn" in dot, "ynn_with_options": "ynn" in dot_opts,
+                  "xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}))
+"""
+
+
+def _draw(mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", DRAW, mode], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_tune_in_a_fresh_process_same_random_numbers():
+    plain, tuned = _draw("plain"), _draw("tuned")
+    assert plain["out"] == tuned["out"]  # bit for bit: normal, uniform, split, bits
+    assert plain["while"] and not tuned["while"]  # JAX's rolled threefry loop is gone
+    assert "--xla_cpu_experimental_ynn_fusion_type=" in tuned["xla_flags"]
+    if plain["ynn"]:  # this jaxlib routes dots to YNNPACK by default; tuned, it does not
+        assert not tuned["ynn"]
+    assert not plain["ynn_with_options"]  # the per-jit alternative to the flag
+
+
+def test_set_xla_flags_keeps_the_users_setting(monkeypatch):
+    monkeypatch.setattr(cpu, "_backends_initialized", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    assert cpu.set_xla_flags()
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4", *cpu.XLA_FLAGS]
+    mine = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    monkeypatch.setenv("XLA_FLAGS", mine)
+    assert cpu.set_xla_flags()
+    assert os.environ["XLA_FLAGS"] == mine
+
+
+def test_set_xla_flags_after_jax_started_warns_and_changes_nothing(monkeypatch):
+    monkeypatch.setattr(cpu, "_backends_initialized", lambda: True)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.warns(UserWarning, match="compiler_options=jaxgan.cpu.COMPILER_OPTIONS"):
+        assert not cpu.set_xla_flags()
+    assert os.environ["XLA_FLAGS"] == ""
+    assert not cpu.set_xla_flags(warn=False)
