@@ -103,6 +103,7 @@ def run_layer(batch: int, size: int, cin: int, cout: int, repeats: int) -> dict:
         "repeats": repeats,
         "command": " ".join(["python", *sys.argv]),
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
     }
 

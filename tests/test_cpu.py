@@ -23,7 +23,7 @@ KAT = [
 
 @pytest.mark.parametrize("key, count, expected", KAT)
 def test_threefry_known_answers(key, count, expected):
-    u32 = lambda v: np.array([v], np.uint32)  # noqa: E731
+    u32 = lambda v: np.array([v], np.uint32)
     with np.errstate(over="ignore"):
         out = cpu.threefry2x32(u32(key[0]), u32(key[1]), u32(count[0]), u32(count[1]))
     assert (int(out[0][0]), int(out[1][0])) == expected
