@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cpu.tune(warn=False)  # before JAX's first computation: faster CPU kernels, same results
+    cpu.tune(warn=False)  # before JAX's first computation: faster CPU kernels, same math (jaxgan.cpu)
     warnings.showwarning = _show_warning
     try:
         return args.func(args)
