@@ -107,3 +107,17 @@ def test_unsupported_options_fall_back_to_lax():
         got = conv_lib.conv_general_dilated(u, ww, (1, 1), pads, dimension_numbers=DN[2], **kw)
         ref = jax.lax.conv_general_dilated(u, ww, (1, 1), pads, dimension_numbers=DN[2], **kw)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, strides", [((4, 4), (2, 2)), ((3, 5), (2, 3)), ((5,), (2,)), ((2, 3, 4), (2, 1, 3))])
+def test_phase_kernels_of_a_transposed_kernel_need_no_flip_or_swap(kernel, strides):
+    """The sub-pixel kernels taken straight from a transposed convolution's kernel (strided
+    slices) are those of ``flip_swap`` of it, the strided convolution's kernel."""
+    taps = tuple(-(-k // s) for k, s in zip(kernel, strides, strict=True))
+    k_t = jax.random.normal(jax.random.key(0), (*kernel, 6, 5))  # [*k, C_in, C_out] of the transposed conv
+    direct = conv_lib._phase_kernels(k_t, strides, taps, transposed=True)
+    via_w = conv_lib._phase_kernels(conv_lib.flip_swap(k_t), strides, taps, transposed=False)
+    assert direct.shape == (int(np.prod(strides)), *taps, 6, 5)
+    np.testing.assert_array_equal(direct, via_w)
+    # Each tap of the kernel lands in exactly one phase; the rest are zero taps.
+    np.testing.assert_allclose(np.sort(np.abs(np.asarray(direct)).ravel())[-k_t.size:], np.sort(np.abs(k_t).ravel()))

@@ -217,9 +217,32 @@ def _phased(strides, dilation) -> bool:
     return any(s > 1 for s in strides) and all(d == 1 for d in dilation)
 
 
-def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, precision=None) -> Array:
+def _phase_kernels(w: Array, strides, taps, transposed: bool) -> Array:
+    """The stride-1 kernels of the sub-pixel form, ``[prod(s), *K, C_out, C_in]`` (phase r's
+    kernel ``flip_swap`` of W's taps ``s*q + r``), from ``w = W`` or, ``transposed``, from
+    ``w = flip_swap(W)`` (a transposed convolution's kernel). From the latter they are plain
+    strided spatial slices: with ``w`` zero-padded at the low end to ``s*K`` taps, phase r's
+    taps are ``s*q + s - 1 - r``; no channel swap, so its gradient needs no transpose either."""
+    n = len(strides)
+    k = w.shape[:n]
+    extra = [s * kq - kk for kk, s, kq in zip(k, strides, taps, strict=True)]
+    side = [(e, 0, 0) if transposed else (0, e, 0) for e in extra]
+    w = lax.pad(w, jnp.zeros((), w.dtype), (*side, (0, 0, 0), (0, 0, 0)))
+    w = w.reshape(*(x for kq, s in zip(taps, strides, strict=True) for x in (kq, s)), *w.shape[n:])
+    s_axes, k_axes = tuple(range(1, 2 * n, 2)), tuple(range(0, 2 * n, 2))
+    if transposed:
+        w = jnp.flip(w.transpose(*s_axes, *k_axes, 2 * n, 2 * n + 1), tuple(range(n)))
+    else:
+        w = jnp.flip(w.transpose(*s_axes, *k_axes, 2 * n + 1, 2 * n), tuple(range(n, 2 * n)))
+    return w.reshape(-1, *w.shape[n:])
+
+
+def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, precision=None, *,
+                    transposed_kernel: bool = False) -> Array:
     """``C_W^T g``: the gradient of :func:`conv` with respect to its input (``in_spatial`` is
-    the input's spatial shape). This is a transposed convolution.
+    the input's spatial shape). This is a transposed convolution. With ``transposed_kernel``,
+    ``w`` is ``flip_swap(W)``: the transposed convolution's own ``[*k, C_in, C_out]`` kernel
+    (flax's ``ConvTranspose`` layout), which the sub-pixel form uses without a channel swap.
 
     Strided, it is computed from the space-to-depth form in one of two ways: with at least
     :data:`SUBPIXEL_MIN_CHANNELS` input channels, one stride-1 convolution per phase (sub-pixel
@@ -228,17 +251,21 @@ def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, pre
     padding are then cut. The first wastes nothing; the second makes one wide convolution
     instead of several of a few channels each, which run far below the kernels' peak."""
     in_spatial = tuple(in_spatial)
-    if not _phased(strides, dilation):
-        return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
     n = len(strides)
+    c_in = w.shape[-1] if transposed_kernel else w.shape[-2]
+    if not _phased(strides, dilation) or c_in < SUBPIXEL_MIN_CHANNELS:
+        if transposed_kernel:
+            w = flip_swap(w)
+        if not _phased(strides, dilation):
+            return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
     taps, phase_pads = _phase_layout(in_spatial, w.shape[:-2], strides, pads)
-    wp = _kernel_to_phases(w, strides, taps)  # [*K, prod(s) * C_in, C_out]
-    c_in = w.shape[-2]
     one = (1,) * n
     if c_in < SUBPIXEL_MIN_CHANNELS:
+        wp = _kernel_to_phases(w, strides, taps)  # [*K, prod(s) * C_in, C_out]
         blocks = tuple((h + lo + hi) // s for h, s, (lo, hi) in zip(in_spatial, strides, phase_pads, strict=True))
         y = _conv_input_grad(g, wp, blocks, one, ((0, 0),) * n, one, precision)
         return _from_phases(y, strides, phase_pads)
+    pk = _phase_kernels(w, strides, taps, transposed_kernel)  # [prod(s), *K, C_out, C_in]
     # Along one dimension, input position x sits at padded position x + lo = s*b + r: phase r,
     # block b. Phase r's first position x0 = (r - lo) mod s; it has ceil((h - x0) / s) of them,
     # the first in block b0 = (x0 + lo) // s. Block b of the transposed stride-1 convolution is
@@ -258,8 +285,7 @@ def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, pre
         phase = 0
         for (r, _, _), s in zip(combo, strides, strict=True):
             phase = phase * s + r
-        w_r = flip_swap(wp[..., phase * c_in:(phase + 1) * c_in, :])  # [*K, C_out, C_in]
-        y = conv(g, w_r, one, tuple(p for _, _, p in combo), one, precision)
+        y = conv(g, pk[phase], one, tuple(p for _, _, p in combo), one, precision)
         outs.append(lax.pad(y, jnp.zeros((), y.dtype),
                             ((0, 0, 0), *((0, full - c, 0) for (_, c, _), full in zip(combo, size, strict=True)),
                              (0, 0, 0))))

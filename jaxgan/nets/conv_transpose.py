@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen.dtypes import promote_dtype
 
-from jaxgan.nets.conv import conv_input_grad, flip_swap
+from jaxgan.nets.conv import conv_input_grad
 
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
@@ -71,11 +71,6 @@ def _forward_conv_padding(n_in: int, n_out: int, k: int, s: int, d: int, lo: int
     p_lo = span - lo
     p_hi = s * (n_in - 1) + span + 1 - n_out - p_lo
     return p_lo, p_hi
-
-
-def _forward_kernel(kernel: Array, transpose_kernel: bool) -> Array:
-    """The kernel ``W`` of the strided convolution ``C`` (maps C_out channels to C_in)."""
-    return kernel if transpose_kernel else flip_swap(kernel)
 
 
 def conv_transpose(
@@ -117,8 +112,10 @@ def conv_transpose(
         for n, o, k, s, d, (lo, _) in zip(x.shape[1:-1], out_spatial, kernel.shape[:n_spatial], strides, dilation,
                                           pads, strict=True)
     )
-    w = _forward_kernel(kernel, bool(transpose_kernel))
-    return conv_input_grad(x, w, out_spatial, strides, conv_pads, dilation, precision)
+    # flax's kernel is flip_swap(W) for the strided convolution's W (maps C_out channels to C_in),
+    # or W itself with transpose_kernel.
+    return conv_input_grad(x, kernel, out_spatial, strides, conv_pads, dilation, precision,
+                           transposed_kernel=not transpose_kernel)
 
 
 class ConvTranspose(nn.Module):
