@@ -18,6 +18,7 @@ from jaxgan import losses, penalties
 from jaxgan.configs import Config, ConfigError
 from jaxgan.data import checks, synthetic, toy
 from jaxgan.gan import GAN, Schedule
+from jaxgan.keys import per_example
 from jaxgan.nets import mlp_pair
 from jaxgan.nets.dcgan import dcgan_pair
 
@@ -38,9 +39,7 @@ class ArraySource:
 
     def sample_ids(self, key: Array, ids: Array) -> Array:
         data = jnp.asarray(self.data)
-        idx = jax.vmap(
-            lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, data.shape[0])
-        )(ids)
+        idx = per_example(key, ids, lambda k: jax.random.randint(k, (), 0, data.shape[0]))
         return data[idx]
 
 

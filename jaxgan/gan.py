@@ -26,6 +26,7 @@ import optax
 from jaxgan import losses as losses_lib
 from jaxgan import scores as scores_lib
 from jaxgan import unroll as unroll_lib
+from jaxgan.keys import per_example
 from jaxgan.nets.adapters import Network
 from jaxgan.penalties import PenaltyInputs, Remedy
 
@@ -173,9 +174,7 @@ class GAN:
 
     def latents(self, key: Array, ids: Array) -> Array:
         """Standard-normal latents ``[len(ids), latent_dim]``; row i is a function of (key, ids[i])."""
-        return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (self.latent_dim,)))(
-            ids
-        )
+        return per_example(key, ids, lambda k: jax.random.normal(k, (self.latent_dim,)))
 
     def _pmean(self, tree: PyTree) -> PyTree:
         return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)

@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxgan.keys import per_example
+
 Array = jax.Array
 PyTree = Any
 
@@ -64,10 +66,6 @@ class Remedy:
         return {}
 
 
-def _per_example(key: Array, ids: Array, draw: Callable[[Array], Array]) -> Array:
-    return jax.vmap(lambda i: draw(jax.random.fold_in(key, i)))(ids)
-
-
 def _input_gradients(d: Callable[[Array], Array], x: Array) -> Array:
     """Per-example gradients of D's logit w.r.t. its input, flattened: ``[B, prod(x.shape[1:])]``."""
     grads = jax.grad(lambda inp: jnp.sum(d(inp)))(x)
@@ -91,7 +89,7 @@ class GradientPenalty(Remedy):
 
     def loss(self, inputs: PenaltyInputs) -> Array:
         real, fake = inputs.real, inputs.fake
-        eps = _per_example(inputs.key, inputs.ids, lambda k: jax.random.uniform(k, ()))
+        eps = per_example(inputs.key, inputs.ids, lambda k: jax.random.uniform(k, ()))
         eps = eps.reshape((-1,) + (1,) * (real.ndim - 1)).astype(real.dtype)
         x_hat = eps * real + (1.0 - eps) * fake
         norms = jnp.linalg.norm(_input_gradients(inputs.d, x_hat), axis=1)
@@ -182,7 +180,7 @@ class InstanceNoise(Remedy):
         return self.std * frac
 
     def perturb(self, x: Array, key: Array, ids: Array, t: Array) -> Array:
-        noise = _per_example(key, ids, lambda k: jax.random.normal(k, x.shape[1:], x.dtype))
+        noise = per_example(key, ids, lambda k: jax.random.normal(k, x.shape[1:], x.dtype))
         return x + self.level(t).astype(x.dtype) * noise
 
     def report(self, t: Array) -> dict[str, Array]:
@@ -216,7 +214,7 @@ class LabelFlip(Remedy):
         return "label_flip"
 
     def targets(self, y: Array, key: Array, ids: Array) -> Array:
-        flip = _per_example(key, ids, lambda k: jax.random.bernoulli(k, self.rate))
+        flip = per_example(key, ids, lambda k: jax.random.bernoulli(k, self.rate))
         return jnp.where(flip, 0.0, y)
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan.data.labeled import LabeledImages, to_float
+from jaxgan.keys import per_example
 
 Array = jax.Array
 
@@ -42,7 +43,7 @@ class StackedDigits:
     def draw_indices(self, key: Array, ids: Array) -> Array:
         """Which digit fills each channel: ``[len(ids), channels]`` indices into ``digits``."""
         n = self.digits.shape[0]
-        return jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (self.channels,), 0, n))(ids)
+        return per_example(key, ids, lambda k: jax.random.randint(k, (self.channels,), 0, n))
 
     def compose(self, idx: Array) -> Array:
         """Images ``[B, H, W, channels]`` from digit indices ``[B, channels]``."""

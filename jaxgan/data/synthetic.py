@@ -12,6 +12,8 @@ import re
 
 import jax
 
+from jaxgan.keys import per_example
+
 Array = jax.Array
 
 PATTERN = re.compile(r"^random:(\d+)x(\d+)x(\d+)$")
@@ -33,9 +35,9 @@ class RandomImages:
 
     def sample_ids(self, key: Array, ids: Array) -> Array:
         """``[len(ids), H, W, C]``; row r depends only on ``(key, ids[r])``."""
-        return jax.vmap(
-            lambda i: jax.random.uniform(jax.random.fold_in(key, i), self.shape, minval=-1.0, maxval=1.0)
-        )(ids)
+        return per_example(
+            key, ids, lambda k: jax.random.uniform(k, self.shape, minval=-1.0, maxval=1.0), materialize_keys=True
+        )
 
 
 def parse(name: str) -> RandomImages | None:

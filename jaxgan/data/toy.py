@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan.keys import per_example
+
 Array = jax.Array
 
 
@@ -39,12 +41,12 @@ class MixtureOfGaussians:
         """Examples ``[len(ids), D]``; row r depends only on ``(key, ids[r])``."""
         centers = jnp.asarray(self.centers, jnp.float32)
 
-        def one(i):
-            kc, kn = jax.random.split(jax.random.fold_in(key, i))
+        def one(k):
+            kc, kn = jax.random.split(k)
             c = jax.random.randint(kc, (), 0, self.num_modes)
             return centers[c] + self.std * jax.random.normal(kn, centers.shape[1:])
 
-        return jax.vmap(one)(ids)
+        return per_example(key, ids, one)
 
     def sample(self, key: Array, n: int) -> Array:
         """``n`` examples ``[n, D]``."""
