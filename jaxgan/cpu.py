@@ -3,11 +3,13 @@
 Two slow paths of XLA's CPU backend (jax/jaxlib 0.10), measured on this project's 2-core CPU
 (``benchmarks/README.md``, "CPU settings"):
 
-* Dots and convolutions go to YNNPACK by default. At GAN shapes it ran at about half of Eigen's
-  speed: a 512x128 @ 128x128 dot 177 us vs 86 us, the DCGAN-64 generator layer's input gradient
-  (a 2x2 convolution over 512 channels) 65 ms vs 24 ms. ``--xla_cpu_experimental_ynn_fusion_type=``
-  (no YNNPACK fusion types) hands them back to Eigen: same math, another kernel library (float
-  sums may associate differently).
+* Dots and convolutions go to YNNPACK by default. The training steps ran slower with it than
+  with Eigen (threefry unrolled in both): toy GAN 296 vs 329 steps/s, DCGAN-32 4.77 vs 5.45,
+  DCGAN-64 0.68 vs 0.84. Its strided convolutions and weight gradients are the slow part (DCGAN-64,
+  8x8x256 -> 4x4x512: forward 35.9 vs 21.8 ms, weight gradient 35.2 vs 24.0 ms); some lone ops are
+  faster with it (a 512x128 @ 128x128 dot, 96 vs 175 us), not the steps.
+  ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusion types) hands them back to Eigen:
+  same math, another kernel library (float sums may associate differently).
 * JAX lowers the threefry2x32 hash behind ``jax.random`` on CPU as a rolled while loop (a
   compile-time choice), each of its 5 iterations its own kernels and array copies: 0.74 ms for
   the 512x256 random bits of a toy-GAN latent draw. :func:`unroll_threefry` registers the

@@ -36,8 +36,9 @@ def test_channel_sum_and_broadcast_rows_are_sums_and_transposes():
         f = lambda a: jnp.sum(jnp.tanh(sum_rows(a * bcast(a[0]))) ** 2)
         return jax.grad(lambda a: jnp.vdot(jax.grad(f)(a), big))(x)
 
-    np.testing.assert_allclose(hvp(channel_sum, lambda v: broadcast_rows(v, like)),
-                               hvp(lambda a: jnp.sum(a, 0), lambda v: jnp.broadcast_to(v, (7, 5))), rtol=1e-4, atol=1e-5)
+    ours = hvp(channel_sum, lambda v: broadcast_rows(v, like))
+    ref = hvp(lambda a: jnp.sum(a, 0), lambda v: jnp.broadcast_to(v, (7, 5)))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("use_bias, use_scale", [(True, True), (False, True), (True, False)])
