@@ -252,15 +252,13 @@ def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, pre
     instead of several of a few channels each, which run far below the kernels' peak."""
     in_spatial = tuple(in_spatial)
     n = len(strides)
+    one = (1,) * n
     c_in = w.shape[-1] if transposed_kernel else w.shape[-2]
+    taps, phase_pads = _phase_layout(in_spatial, w.shape[:-2], strides, pads)
     if not _phased(strides, dilation) or c_in < SUBPIXEL_MIN_CHANNELS:
-        if transposed_kernel:
-            w = flip_swap(w)
+        w = flip_swap(w) if transposed_kernel else w  # these forms take W itself
         if not _phased(strides, dilation):
             return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
-    taps, phase_pads = _phase_layout(in_spatial, w.shape[:-2], strides, pads)
-    one = (1,) * n
-    if c_in < SUBPIXEL_MIN_CHANNELS:
         wp = _kernel_to_phases(w, strides, taps)  # [*K, prod(s) * C_in, C_out]
         blocks = tuple((h + lo + hi) // s for h, s, (lo, hi) in zip(in_spatial, strides, phase_pads, strict=True))
         y = _conv_input_grad(g, wp, blocks, one, ((0, 0),) * n, one, precision)
