@@ -198,12 +198,20 @@ def _from_phases(y: Array, strides, phase_pads: Pads) -> Array:
     return lax.pad(y, jnp.zeros((), y.dtype), ((0, 0, 0), *((-lo, -hi, 0) for lo, hi in phase_pads), (0, 0, 0)))
 
 
+def _split_taps(w: Array, strides, taps, *, low: bool) -> Array:
+    """``[*k, A, B] -> [K1, s1, ..., Kn, sn, A, B]``: each spatial axis zero-padded to ``s*K``
+    taps (at the low end if ``low``, else the high end), padded tap ``s*q + r`` at ``[q, r]``."""
+    n = len(strides)
+    extra = [s * kq - k for k, s, kq in zip(w.shape[:n], strides, taps, strict=True)]
+    side = [(e, 0, 0) if low else (0, e, 0) for e in extra]
+    w = lax.pad(w, jnp.zeros((), w.dtype), (*side, (0, 0, 0), (0, 0, 0)))
+    return w.reshape(*(x for kq, s in zip(taps, strides, strict=True) for x in (kq, s)), *w.shape[n:])
+
+
 def _kernel_to_phases(w: Array, strides, taps) -> Array:
     """``[*k, C_in, C_out]`` -> ``[*K, prod(s) * C_in, C_out]`` (zero taps appended up to s*K)."""
     n = len(strides)
-    pad = [(0, s * kq - k, 0) for k, s, kq in zip(w.shape[:n], strides, taps, strict=True)]
-    w = lax.pad(w, jnp.zeros((), w.dtype), (*pad, (0, 0, 0), (0, 0, 0)))
-    w = w.reshape(*(x for kq, s in zip(taps, strides, strict=True) for x in (kq, s)), *w.shape[n:])
+    w = _split_taps(w, strides, taps, low=False)
     perm = (*range(0, 2 * n, 2), *range(1, 2 * n, 2), 2 * n, 2 * n + 1)
     return w.transpose(perm).reshape(*taps, -1, w.shape[-1])
 
@@ -224,11 +232,7 @@ def _phase_kernels(w: Array, strides, taps, transposed: bool) -> Array:
     strided spatial slices: with ``w`` zero-padded at the low end to ``s*K`` taps, phase r's
     taps are ``s*q + s - 1 - r``; no channel swap, so its gradient needs no transpose either."""
     n = len(strides)
-    k = w.shape[:n]
-    extra = [s * kq - kk for kk, s, kq in zip(k, strides, taps, strict=True)]
-    side = [(e, 0, 0) if transposed else (0, e, 0) for e in extra]
-    w = lax.pad(w, jnp.zeros((), w.dtype), (*side, (0, 0, 0), (0, 0, 0)))
-    w = w.reshape(*(x for kq, s in zip(taps, strides, strict=True) for x in (kq, s)), *w.shape[n:])
+    w = _split_taps(w, strides, taps, low=transposed)
     s_axes, k_axes = tuple(range(1, 2 * n, 2)), tuple(range(0, 2 * n, 2))
     if transposed:
         w = jnp.flip(w.transpose(*s_axes, *k_axes, 2 * n, 2 * n + 1), tuple(range(n)))
@@ -254,11 +258,12 @@ def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, pre
     n = len(strides)
     one = (1,) * n
     c_in = w.shape[-1] if transposed_kernel else w.shape[-2]
+    if not _phased(strides, dilation):
+        w = flip_swap(w) if transposed_kernel else w
+        return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
     taps, phase_pads = _phase_layout(in_spatial, w.shape[:-2], strides, pads)
-    if not _phased(strides, dilation) or c_in < SUBPIXEL_MIN_CHANNELS:
-        w = flip_swap(w) if transposed_kernel else w  # these forms take W itself
-        if not _phased(strides, dilation):
-            return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
+    if c_in < SUBPIXEL_MIN_CHANNELS:
+        w = flip_swap(w) if transposed_kernel else w  # the blocks form takes W itself
         wp = _kernel_to_phases(w, strides, taps)  # [*K, prod(s) * C_in, C_out]
         blocks = tuple((h + lo + hi) // s for h, s, (lo, hi) in zip(in_spatial, strides, phase_pads, strict=True))
         y = _conv_input_grad(g, wp, blocks, one, ((0, 0),) * n, one, precision)
