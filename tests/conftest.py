@@ -23,3 +23,29 @@ def digits_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tfds")
     sklearn_digits.prepare(str(path))
     return str(path)
+
+
+def require_onednn():
+    """Skip when oneDNN is not installed (the ``onednn`` extra); fail when it is but the
+    convolutions cannot be built or loaded (a broken install should not pass as a skip)."""
+    from jaxgan.nets import onednn
+
+    try:
+        onednn._root()
+    except onednn.OneDNNUnavailable as e:
+        pytest.skip(str(e))
+    assert onednn.available(), onednn.unavailable_reason()
+
+
+@pytest.fixture(params=["xla", "onednn"])
+def conv_backend(request):
+    """Run a convolution test with XLA's kernels and with oneDNN's (jaxgan.nets.onednn)."""
+    from jaxgan.nets import onednn
+
+    if request.param == "onednn":
+        require_onednn()
+        onednn.enable(True)
+    try:
+        yield request.param
+    finally:
+        onednn.enable(False)

@@ -1,4 +1,5 @@
-"""jaxgan.nets.ConvTranspose against flax.linen.ConvTranspose: parameters, values, gradients."""
+"""jaxgan.nets.ConvTranspose against flax.linen.ConvTranspose: parameters, values, gradients
+(with XLA's convolution kernels and with oneDNN's)."""
 
 import flax.linen as nn
 import jax
@@ -37,7 +38,9 @@ def _pair(spatial, kernel, strides, padding, dilation, transpose_kernel, feature
 
 @pytest.mark.parametrize("features", [5, SUBPIXEL_MIN_CHANNELS])  # both ways of computing the layer
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
-def test_same_params_values_and_gradients_as_flax(case, features):
+def test_same_params_values_and_gradients_as_flax(case, features, conv_backend):
+    if conv_backend == "onednn" and len(case[0]) != 2:
+        pytest.skip("oneDNN takes 2-D convolutions; the others are XLA's either way")
     ours, theirs, x = _pair(*case, features=features)
     params = jax.jit(theirs.init)(jax.random.key(0), x)
     ours_params = jax.jit(ours.init)(jax.random.key(0), x)
@@ -61,7 +64,7 @@ def test_same_params_values_and_gradients_as_flax(case, features):
 
 
 @pytest.mark.parametrize("features", [5, SUBPIXEL_MIN_CHANNELS])
-def test_second_order_gradient_matches_flax(features):
+def test_second_order_gradient_matches_flax(features, conv_backend):
     """Reverse-over-reverse (as in a gradient penalty through the generator) agrees."""
     ours, theirs, x = _pair((4, 4), (4, 4), (2, 2), "SAME", None, False, features=features)
     params = theirs.init(jax.random.key(0), x)

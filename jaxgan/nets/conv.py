@@ -17,6 +17,10 @@ With ``C`` the strided convolution ``z = C_W(u)``:
   as stride-1 convolutions over the space-to-depth form, without the zeros lax inserts)
 * :func:`conv_weight_grad` ``(u, g) -> d<g, C_W(u)>/dW``
 
+On the CPU, after :func:`jaxgan.nets.onednn.enable` (``jaxgan.cpu.tune`` calls it when oneDNN is
+installed), the three run as oneDNN's convolution primitives for 2-D float32 inputs
+(:mod:`jaxgan.nets.onednn`); programs compiled for other platforms keep the forms above.
+
 Each is linear in each argument and the derivatives of each are the others, so every
 ``custom_vjp`` below is closed under differentiation: gradients of any order (gradient penalties,
 unrolled lookahead) stay canonical. Layouts are flax's: ``u: [N, *spatial, C_in]``,
@@ -36,6 +40,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxgan.nets import onednn
 
 Array = jax.Array
 Pads = tuple[tuple[int, int], ...]
@@ -57,39 +63,54 @@ def flip_swap(w: Array) -> Array:
 
 
 def _forward(u, w, strides, pads, dilation, precision):
-    return lax.conv_general_dilated(
-        u, w, strides, pads, rhs_dilation=dilation, dimension_numbers=dimension_numbers(u.ndim - 2),
-        precision=precision,
-    )
+    def xla(u, w):
+        return lax.conv_general_dilated(
+            u, w, strides, pads, rhs_dilation=dilation, dimension_numbers=dimension_numbers(u.ndim - 2),
+            precision=precision,
+        )
+
+    if onednn.eligible(u, w, pads=pads):
+        return onednn.forward(u, w, strides, pads, dilation, xla)
+    return xla(u, w)
 
 
 def _input_grad(g, w, in_spatial, strides, pads, dilation, precision):
-    span = [d * (k - 1) for k, d in zip(w.shape[:-2], dilation, strict=True)]
-    grad_pads = []
-    for i, (h, s, (lo, _)) in enumerate(zip(in_spatial, strides, pads, strict=True)):
-        m = g.shape[1 + i]
-        plo = span[i] - lo
-        grad_pads.append((plo, h - (m - 1) * s - 1 - plo + span[i]))
-    return lax.conv_general_dilated(
-        g, flip_swap(w), (1,) * len(strides), tuple(grad_pads), lhs_dilation=strides, rhs_dilation=dilation,
-        dimension_numbers=dimension_numbers(g.ndim - 2), precision=precision,
-    )
+    def xla(g, w):
+        span = [d * (k - 1) for k, d in zip(w.shape[:-2], dilation, strict=True)]
+        grad_pads = []
+        for i, (h, s, (lo, _)) in enumerate(zip(in_spatial, strides, pads, strict=True)):
+            m = g.shape[1 + i]
+            plo = span[i] - lo
+            grad_pads.append((plo, h - (m - 1) * s - 1 - plo + span[i]))
+        return lax.conv_general_dilated(
+            g, flip_swap(w), (1,) * len(strides), tuple(grad_pads), lhs_dilation=strides, rhs_dilation=dilation,
+            dimension_numbers=dimension_numbers(g.ndim - 2), precision=precision,
+        )
+
+    if onednn.eligible(g, w, pads=pads):
+        return onednn.backward_data(g, w, in_spatial, strides, pads, dilation, xla)
+    return xla(g, w)
 
 
 def _weight_grad(u, g, k_spatial, strides, pads, dilation, precision):
-    n = u.ndim - 2
-    grad_pads = []
-    for i, (k, s, d, (lo, _)) in enumerate(zip(k_spatial, strides, dilation, pads, strict=True)):
-        h, m = u.shape[1 + i], g.shape[1 + i]
-        grad_pads.append((lo, d * (k - 1) + s * (m - 1) + 1 - h - lo))
-    # Batch becomes the contracted "feature" axis: lhs [C_in, *spatial, N], rhs [*m, N, C_out].
-    lhs = jnp.moveaxis(u, (0, n + 1), (n + 1, 0))
-    rhs = jnp.moveaxis(g, 0, n)
-    out = lax.conv_general_dilated(
-        lhs, rhs, dilation, tuple(grad_pads), rhs_dilation=strides, dimension_numbers=dimension_numbers(n),
-        precision=precision,
-    )  # [C_in, *k, C_out]
-    return jnp.moveaxis(out, 0, n)
+    def xla(u, g):
+        n = u.ndim - 2
+        grad_pads = []
+        for i, (k, s, d, (lo, _)) in enumerate(zip(k_spatial, strides, dilation, pads, strict=True)):
+            h, m = u.shape[1 + i], g.shape[1 + i]
+            grad_pads.append((lo, d * (k - 1) + s * (m - 1) + 1 - h - lo))
+        # Batch becomes the contracted "feature" axis: lhs [C_in, *spatial, N], rhs [*m, N, C_out].
+        lhs = jnp.moveaxis(u, (0, n + 1), (n + 1, 0))
+        rhs = jnp.moveaxis(g, 0, n)
+        out = lax.conv_general_dilated(
+            lhs, rhs, dilation, tuple(grad_pads), rhs_dilation=strides, dimension_numbers=dimension_numbers(n),
+            precision=precision,
+        )  # [C_in, *k, C_out]
+        return jnp.moveaxis(out, 0, n)
+
+    if onednn.eligible(u, g, pads=pads):
+        return onednn.backward_weights(u, g, k_spatial, strides, pads, dilation, xla)
+    return xla(u, g)
 
 
 # Static arguments: strides, pads, dilation, precision (and a spatial shape for the gradients).
@@ -255,12 +276,29 @@ def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, pre
     padding are then cut. The first wastes nothing; the second makes one wide convolution
     instead of several of a few channels each, which run far below the kernels' peak."""
     in_spatial = tuple(in_spatial)
-    n = len(strides)
-    one = (1,) * n
     c_in = w.shape[-1] if transposed_kernel else w.shape[-2]
     if not _phased(strides, dilation):
         w = flip_swap(w) if transposed_kernel else w
         return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
+    if c_in >= SUBPIXEL_MIN_CHANNELS and onednn.eligible(g, w, pads=pads):
+        # oneDNN's own transposed convolution on the CPU (faster there than the sub-pixel form
+        # with XLA's kernels); the sub-pixel form elsewhere.
+        def direct(g, w):
+            w = flip_swap(w) if transposed_kernel else w
+            return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
+
+        def subpixel(g, w):
+            return _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel)
+
+        return lax.platform_dependent(g, w, cpu=direct, default=subpixel)
+    return _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel)
+
+
+def _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel):
+    """:func:`conv_input_grad` for strides > 1 without dilation, in the space-to-depth forms."""
+    n = len(strides)
+    one = (1,) * n
+    c_in = w.shape[-1] if transposed_kernel else w.shape[-2]
     taps, phase_pads = _phase_layout(in_spatial, w.shape[:-2], strides, pads)
     if c_in < SUBPIXEL_MIN_CHANNELS:
         w = flip_swap(w) if transposed_kernel else w  # the blocks form takes W itself

@@ -1,0 +1,220 @@
+"""oneDNN convolutions for JAX's CPU backend, through ``jax.ffi``.
+
+XLA's CPU backend runs convolutions with Eigen (or YNNPACK); on this project's 2-core AMD EPYC
+they reach 150-195 GFLOP/s on DCGAN's strided layers, where oneDNN (Intel's library, the one
+PyTorch uses on CPU) reaches 215-240 (``benchmarks/README.md``). This module compiles a small C++
+file (``csrc/onednn_conv.cc``: three XLA FFI handlers, forward / input gradient / kernel gradient)
+against an installed oneDNN on first use, registers the handlers for the ``cpu`` platform, and
+offers the three products to :mod:`jaxgan.nets.conv`, which uses them when :func:`enable` has
+been called (``jaxgan.cpu.tune`` does, if oneDNN is available) and the convolution is 2-D,
+float32, with non-negative padding. Each call goes through ``lax.platform_dependent``, so a
+program compiled for a GPU or TPU keeps XLA's own convolution; values agree with XLA's to float
+rounding (tests/test_onednn.py).
+
+oneDNN comes from PyPI: ``pip install "jaxgan[onednn]"`` (the ``onednn-cpu-gomp`` library and the
+``onednn-devel-cpu-gomp`` headers, x86-64 Linux), and a C++17 compiler (``c++``, or ``$CXX``).
+The compiled library is cached under ``$JAXGAN_CACHE_DIR`` (default
+``~/.cache/jaxgan``), keyed by the source, jaxlib's version and the oneDNN found;
+``$JAXGAN_ONEDNN_ROOT`` names another oneDNN install (a directory with ``include/`` and ``lib/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+
+SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
+# FFI target name -> exported handler symbol
+TARGETS = {
+    "jaxgan_conv_forward": "JaxganConvForward",
+    "jaxgan_conv_backward_data": "JaxganConvBackwardData",
+    "jaxgan_conv_backward_weights": "JaxganConvBackwardWeights",
+}
+
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "error": None, "enabled": False, "path": None}
+
+
+class OneDNNUnavailable(RuntimeError):
+    """oneDNN, its headers or a C++ compiler is missing, or the build failed (the message says which)."""
+
+
+def _root() -> Path:
+    """The oneDNN install: ``$JAXGAN_ONEDNN_ROOT``, else this Python environment's prefix (where the
+    PyPI wheels put ``include/oneapi/dnnl`` and ``lib/libdnnl.so``)."""
+    root = Path(os.environ.get("JAXGAN_ONEDNN_ROOT") or sys.prefix)
+    header = root / "include" / "oneapi" / "dnnl" / "dnnl.hpp"
+    libs = sorted(glob.glob(str(root / "lib" / "libdnnl.so*")))
+    if not header.exists() or not libs:
+        missing = "headers (include/oneapi/dnnl/dnnl.hpp)" if not header.exists() else "library (lib/libdnnl.so)"
+        raise OneDNNUnavailable(
+            f"oneDNN {missing} not found under {root}: pip install 'jaxgan[onednn]' "
+            "(onednn-cpu-gomp and onednn-devel-cpu-gomp), or set JAXGAN_ONEDNN_ROOT to a oneDNN install"
+        )
+    return root
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("JAXGAN_CACHE_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxgan"
+
+
+def build() -> Path:
+    """Compile ``csrc/onednn_conv.cc`` into the cache (once per source, jaxlib and oneDNN) and
+    return the shared library's path. Raises :class:`OneDNNUnavailable` with the reason."""
+    if not sys.platform.startswith("linux"):
+        raise OneDNNUnavailable(f"the oneDNN convolutions are built for Linux only, not {sys.platform}")
+    root = _root()
+    include = jax.ffi.include_dir()
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        raise OneDNNUnavailable("no C++ compiler found (c++ / g++ on PATH, or $CXX) to build the oneDNN convolutions")
+    import jaxlib
+
+    key = hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), jaxlib.__version__.encode(), str(root.resolve()).encode(), cxx.encode()])
+    ).hexdigest()[:16]
+    out = _cache_dir() / f"onednn_conv-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build into a temporary file in the same directory, then rename: concurrent builders (test
+    # workers) never load a half-written library.
+    fd, tmp = tempfile.mkstemp(prefix=".onednn_conv-", suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}", f"-I{root / 'include'}", str(SOURCE),
+           "-o", tmp, f"-L{root / 'lib'}", "-ldnnl", f"-Wl,-rpath,{root / 'lib'}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise OneDNNUnavailable(
+                f"building the oneDNN convolutions failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}"
+            )
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def load() -> None:
+    """Build (if needed), load and register the FFI handlers for the ``cpu`` platform. Idempotent.
+    Raises :class:`OneDNNUnavailable`."""
+    with _lock:
+        if _state["loaded"]:
+            return
+        if _state["error"] is not None:
+            raise OneDNNUnavailable(_state["error"])
+        try:
+            path = build()
+            lib = ctypes.CDLL(str(path))
+            for target, symbol in TARGETS.items():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        except (OneDNNUnavailable, OSError, AttributeError) as e:
+            _state["error"] = str(e)
+            raise OneDNNUnavailable(str(e)) from e
+        _state.update(loaded=True, path=path, lib=lib)
+
+
+def available() -> bool:
+    """Whether the oneDNN convolutions can be used here (building them on the first call)."""
+    try:
+        load()
+    except OneDNNUnavailable:
+        return False
+    return True
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None if it is True or has not been asked)."""
+    return _state["error"]
+
+
+def enable(on: bool = True) -> bool:
+    """Route eligible convolutions of programs traced from now on to oneDNN (or, ``on=False``, back
+    to XLA's). Returns whether they are on (False if oneDNN is unavailable: see
+    :func:`unavailable_reason`). Functions jitted before keep what they were traced with."""
+    _state["enabled"] = bool(on) and available()
+    return _state["enabled"]
+
+
+def enabled() -> bool:
+    """Whether convolutions traced now go to oneDNN (on the CPU)."""
+    return _state["enabled"]
+
+
+@contextlib.contextmanager
+def disabled():
+    """XLA's own convolutions for what is traced inside (e.g. for XLA's cost analysis, to which
+    the oneDNN calls are opaque)."""
+    was = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = was
+
+
+def eligible(*arrays: Array, pads=None) -> bool:
+    """Whether a convolution on these arrays goes to oneDNN: enabled, 2-D (rank-4 NHWC / HWIO),
+    all float32, and ``pads`` non-negative."""
+    if not _state["enabled"]:
+        return False
+    if any(a.ndim != 4 or a.dtype != jnp.float32 for a in arrays):
+        return False
+    return pads is None or all(lo >= 0 and hi >= 0 for lo, hi in pads)
+
+
+def _attrs(strides, pads, dilation) -> dict:
+    return {
+        "strides": np.asarray(strides, np.int64),
+        "pads": np.asarray([p for lo_hi in pads for p in lo_hi], np.int64),
+        "dilation": np.asarray(dilation, np.int64),
+    }
+
+
+def _call(target: str, shape, fallback, *args, strides, pads, dilation) -> Array:
+    out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+    ffi = jax.ffi.ffi_call(target, out, vmap_method="sequential")
+    attrs = _attrs(strides, pads, dilation)
+    return lax.platform_dependent(*args, cpu=lambda *a: ffi(*a, **attrs), default=fallback)
+
+
+def forward(u: Array, w: Array, strides, pads, dilation, fallback) -> Array:
+    """``C_W(u)``: ``u [N, H, W, C]``, ``w [KH, KW, C, O]``; ``fallback(u, w)`` off the CPU."""
+    spatial = [
+        (h + lo + hi - (d * (k - 1) + 1)) // s + 1
+        for h, k, s, (lo, hi), d in zip(u.shape[1:3], w.shape[:2], strides, pads, dilation, strict=True)
+    ]
+    return _call("jaxgan_conv_forward", (u.shape[0], *spatial, w.shape[3]), fallback, u, w, strides=strides,
+                 pads=pads, dilation=dilation)
+
+
+def backward_data(g: Array, w: Array, in_spatial, strides, pads, dilation, fallback) -> Array:
+    """``C_W^T g`` ``[N, *in_spatial, C]``; ``fallback(g, w)`` off the CPU."""
+    return _call("jaxgan_conv_backward_data", (g.shape[0], *in_spatial, w.shape[2]), fallback, g, w,
+                 strides=strides, pads=pads, dilation=dilation)
+
+
+def backward_weights(u: Array, g: Array, k_spatial, strides, pads, dilation, fallback) -> Array:
+    """``d<g, C_W(u)>/dW`` ``[*k_spatial, C, O]``; ``fallback(u, g)`` off the CPU."""
+    return _call("jaxgan_conv_backward_weights", (*k_spatial, u.shape[3], g.shape[3]), fallback, u, g,
+                 strides=strides, pads=pads, dilation=dilation)

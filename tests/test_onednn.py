@@ -1,0 +1,217 @@
+"""jaxgan.nets.onednn: oneDNN's convolution primitives behind jaxgan.nets.conv on the CPU.
+
+Values against XLA's own convolutions over the geometries DCGAN and other models use, the
+platform split (a program lowered for a GPU or TPU keeps XLA's convolution), what is not sent to
+oneDNN, vmap, repeatability, a DCGAN training step either way, and the FLOP count the
+benchmarks report. The flax comparisons of tests/test_conv.py and tests/test_conv_transpose.py
+also run with oneDNN on (their ``conv_backend`` parameter)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan.nets import conv as conv_lib
+from jaxgan.nets import onednn
+from tests.conftest import require_onednn
+
+
+@pytest.fixture
+def on():
+    require_onednn()
+    onednn.enable(True)
+    try:
+        yield
+    finally:
+        onednn.enable(False)
+
+
+# (N, input spatial, C_in, C_out, kernel, strides, pads, dilation)
+GEOMETRIES = [
+    (4, (16, 16), 64, 32, (4, 4), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # DCGAN's discriminator
+    (4, (32, 32), 3, 16, (4, 4), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # its image layer
+    (4, (4, 4), 32, 1, (4, 4), (1, 1), ((0, 0), (0, 0)), (1, 1)),  # to one logit
+    (3, (9, 7), 5, 6, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # SAME, odd sizes
+    (2, (11, 10), 8, 4, (5, 3), (2, 3), ((1, 2), (0, 3)), (1, 1)),  # uneven strides and pads
+    (2, (13, 9), 4, 7, (3, 3), (1, 2), ((2, 2), (1, 1)), (2, 1)),  # dilated kernel
+    (2, (10, 10), 6, 3, (3, 3), (2, 2), ((0, 0), (0, 0)), (1, 1)),  # unused trailing rows
+    (2, (6, 6), 16, 16, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),  # 1x1
+]
+
+
+def _three(u, w, g, strides, pads, dilation):
+    spatial, k = u.shape[1:3], w.shape[:2]
+    return (
+        conv_lib.conv(u, w, strides, pads, dilation),
+        conv_lib._conv_input_grad(g, w, spatial, strides, pads, dilation),
+        conv_lib.conv_weight_grad(u, g, k, strides, pads, dilation),
+    )
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[str(i) for i in range(len(GEOMETRIES))])
+def test_three_products_equal_xla(geometry):
+    require_onednn()
+    n, spatial, c_in, c_out, kernel, strides, pads, dilation = geometry
+    u = jax.random.normal(jax.random.key(0), (n, *spatial, c_in))
+    w = jax.random.normal(jax.random.key(1), (*kernel, c_in, c_out))
+    z = jax.eval_shape(lambda: conv_lib.conv(u, w, strides, pads, dilation))
+    g = jax.random.normal(jax.random.key(2), z.shape)
+    ref = jax.jit(lambda: _three(u, w, g, strides, pads, dilation))()
+    onednn.enable(True)
+    try:
+        f = jax.jit(lambda: _three(u, w, g, strides, pads, dilation))
+        assert f.lower().as_text().count("jaxgan_conv_") == 3  # all three went to oneDNN
+        got = f()
+    finally:
+        onednn.enable(False)
+    for a, b in zip(got, ref, strict=True):
+        assert a.shape == b.shape
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale)
+
+
+def test_direct_transposed_convolution_on_cpu_subpixel_elsewhere(on):
+    """With oneDNN on, a strided transposed convolution is oneDNN's backward-data primitive in a
+    CPU program; lowered for a GPU or TPU, the same function is the sub-pixel form of XLA
+    convolutions and calls nothing of ours."""
+    g = jnp.ones((2, 8, 8, 32))
+    w = jnp.ones((4, 4, 32, 16))  # a ConvTranspose kernel (flax's layout): 32 -> 16 channels
+    f = jax.jit(lambda g, w: conv_lib.conv_input_grad(g, w, (16, 16), (2, 2), ((1, 1), (1, 1)), (1, 1),
+                                                      transposed_kernel=True))
+    cpu = f.trace(g, w).lower(lowering_platforms=("cpu",)).as_text()
+    assert cpu.count("jaxgan_conv_backward_data") == 1
+    for platform in ("cuda", "tpu"):
+        other = f.trace(g, w).lower(lowering_platforms=(platform,)).as_text()
+        assert "jaxgan_conv" not in other
+        assert other.count("stablehlo.convolution") == 4  # one per output phase
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["bfloat16", "3-D", "1-D", "negative padding", "disabled"],
+)
+def test_what_is_not_sent_to_onednn(on, what):
+    u = jnp.ones((2, 8, 8, 4))
+    w = jnp.ones((3, 3, 4, 5))
+    strides, pads, dilation = (1, 1), ((1, 1), (1, 1)), (1, 1)
+    if what == "bfloat16":
+        u, w = u.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    elif what == "3-D":
+        u, w = jnp.ones((2, 4, 4, 4, 4)), jnp.ones((2, 2, 2, 4, 5))
+        strides, pads, dilation = (1, 1, 1), ((0, 0),) * 3, (1, 1, 1)
+    elif what == "1-D":
+        u, w = jnp.ones((2, 8, 4)), jnp.ones((3, 4, 5))
+        strides, pads, dilation = (1,), ((1, 1),), (1,)
+    elif what == "negative padding":
+        pads = ((-1, 1), (1, 1))
+    with onednn.disabled() if what == "disabled" else _nothing():
+        f = jax.jit(jax.grad(lambda u, w: jnp.sum(conv_lib.conv(u, w, strides, pads, dilation)), argnums=(0, 1)))
+        text = f.lower(u, w).as_text()
+    assert "jaxgan_conv" not in text
+    f(u, w)  # and it runs
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_vmap_over_a_leading_axis_equals_one_by_one(on):
+    u = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 16))
+    w = jax.random.normal(jax.random.key(1), (3, 4, 4, 16, 8))
+    strides, pads, dilation = (2, 2), ((1, 1), (1, 1)), (1, 1)
+
+    def loss(u_, w_):
+        return jnp.sum(jnp.sin(conv_lib.conv(u_, w_, strides, pads, dilation)))
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    batched = jax.jit(jax.vmap(grad))(u, w)
+    one = [jax.jit(grad)(u[i], w[i]) for i in range(3)]
+    for i in range(3):
+        for a, b in zip(batched, one[i], strict=True):
+            np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-5)
+
+
+def test_repeatable_bit_for_bit(on):
+    """Exact resume (tests/test_resume.py) needs the same inputs to give the same bits."""
+    u = jax.random.normal(jax.random.key(0), (8, 16, 16, 64))
+    w = jax.random.normal(jax.random.key(1), (4, 4, 64, 128))
+    f = jax.jit(jax.grad(lambda u, w: jnp.sum(jnp.tanh(conv_lib.conv(u, w, (2, 2), ((1, 1), (1, 1)), (1, 1)))),
+                         argnums=(0, 1)))
+    first = f(u, w)
+    for _ in range(3):
+        jax.tree.map(np.testing.assert_array_equal, f(u, w), first)
+
+
+def _dcgan_config():
+    from jaxgan import configs
+
+    return dataclasses.replace(configs.preset("dcgan32"), batch_size=8)
+
+
+def test_a_dcgan_training_chunk_is_the_same_either_way(on):
+    from jaxgan import bench
+
+    config = _dcgan_config()
+
+    def chunk():
+        _run, fn, args, _plan = bench.library_chunk(config, 2)
+        return fn.lower(*args), args
+
+    lowered, args = chunk()
+    assert "jaxgan_conv_" in lowered.as_text()
+    state, metrics = lowered.compile()(*args)
+    with onednn.disabled():
+        lowered_xla, args_xla = chunk()
+    assert "jaxgan_conv_" not in lowered_xla.as_text()
+    state_xla, metrics_xla = lowered_xla.compile()(*args_xla)
+    # Two D and two G updates. Adam's first steps move a weight by about the learning rate
+    # whatever its gradient's size, so a weight whose gradient is near zero may move by a
+    # visibly different amount either way; a wrong convolution would move most weights by up to
+    # twice the learning rate in the wrong direction. Tolerance: a quarter of the rate.
+    lr = config.d_lr
+    for ours, xla in ((state.g.params, state_xla.g.params), (state.d.params, state_xla.d.params)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=lr / 4), ours, xla)
+    for name in ("d_loss", "g_loss", "generator_score", "discriminator_score"):
+        np.testing.assert_allclose(metrics[name], metrics_xla[name], rtol=2e-4, err_msg=name)
+
+
+def test_benchmark_flops_count_the_convolutions(on):
+    """XLA's cost analysis does not see into the oneDNN calls; bench.chunk_flops counts the
+    same chunk with XLA's convolutions."""
+    from jaxgan import bench
+
+    config = _dcgan_config()
+    _run, fn, args, _plan = bench.library_chunk(config, 1)
+    compiled = fn.lower(*args).compile()
+    blind = bench.compiled_flops(compiled)
+    counted = bench.chunk_flops(config, 1, compiled)
+    with onednn.disabled():
+        _run, fn_xla, args_xla, _plan = bench.library_chunk(config, 1)
+        xla = bench.compiled_flops(fn_xla.lower(*args_xla).compile())
+    assert counted == xla
+    assert blind < 0.1 * counted  # the convolutions are nearly all of a DCGAN step's FLOPs
+    assert onednn.enabled()  # restored
+
+
+def test_enable_reports_unavailability(monkeypatch, tmp_path):
+    """Without oneDNN (here: a root holding nothing), enable() says no and why; nothing breaks."""
+    saved = dict(onednn._state)
+    monkeypatch.setenv("JAXGAN_ONEDNN_ROOT", str(tmp_path))
+    onednn._state.update(loaded=False, error=None, enabled=False)
+    try:
+        assert not onednn.enable(True)
+        assert not onednn.enabled()
+        assert "not found under" in onednn.unavailable_reason()
+        assert "jaxgan[onednn]" in onednn.unavailable_reason()
+        u, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+        assert "jaxgan_conv" not in jax.jit(lambda u, w: conv_lib.conv(u, w, (1, 1), ((1, 1), (1, 1)), (1, 1))).lower(
+            u, w).as_text()
+    finally:
+        onednn._state.clear()
+        onednn._state.update(saved)
