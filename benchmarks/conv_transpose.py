@@ -3,7 +3,9 @@
 gradient, timed interleaved in one process so machine load hits them alike.
 
 The default layer is the one in the issue (DCGAN-64's generator, 64x8x8x256 -> 64x16x16x128,
-k=4, s=2, PyTorch padding 1 = flax 'SAME'). Prints one JSON line per layer. Run::
+k=4, s=2, PyTorch padding 1 = flax 'SAME'). Runs with ``jaxgan.cpu.tune()``, as ``jaxgan train``
+does: with oneDNN installed, jaxgan's layer is oneDNN's (``--xla-convolutions``: XLA's kernels,
+the sub-pixel form). Prints one JSON line per layer. Run::
 
     python benchmarks/conv_transpose.py
     python benchmarks/conv_transpose.py --repeats 9 --layer 64,4,512,256 --layer 64,32,64,3
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import cpu
-from jaxgan.nets import ConvTranspose
+from jaxgan.nets import ConvTranspose, onednn
 
 
 def _time(fn, *args) -> float:
@@ -104,6 +106,7 @@ def run_layer(batch: int, size: int, cin: int, cout: int, repeats: int) -> dict:
         "command": " ".join(["python", *sys.argv]),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "onednn_convolutions": onednn.enabled(),
         "jax": jax.__version__,
     }
 
@@ -114,9 +117,11 @@ def main(argv=None) -> int:
                    help="input [B, H, H, CIN] -> [B, 2H, 2H, COUT] (default: 64,8,256,128)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-cpu-tuning", action="store_true", help="leave XLA's CPU defaults (see jaxgan.cpu)")
+    p.add_argument("--xla-convolutions", action="store_true",
+                   help="jaxgan.cpu.tune() without the oneDNN convolutions (XLA's own kernels for jaxgan's layer)")
     a = p.parse_args(argv)
     if not a.no_cpu_tuning:
-        cpu.tune()  # what `jaxgan train` runs with; applies to flax's layer as well
+        cpu.tune(onednn=not a.xla_convolutions)  # what `jaxgan train` runs with; applies to flax's layer as well
     for spec in a.layer or ["64,8,256,128"]:
         batch, size, cin, cout = (int(v) for v in spec.split(","))
         print(json.dumps(run_layer(batch, size, cin, cout, a.repeats)), flush=True)

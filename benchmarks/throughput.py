@@ -11,6 +11,10 @@ measures, interleaving the three so that machine load hits them alike:
   else, scanned over the same number of rounds: the library's overhead is jaxgan vs this;
 * ``torch``: :mod:`torch_dcgan` (PyTorch eager, same work per step), if torch is installed.
 
+jaxgan and the fused step run with ``jaxgan.cpu.tune()`` as ``jaxgan train`` does: with oneDNN
+installed (``pip install ".[onednn]"``) their 2-D convolutions are oneDNN's
+(``--xla-convolutions`` keeps XLA's, for comparison).
+
 It prints one JSON line per preset (steps/s of each, the ratios, XLA's FLOPs per step and the
 achieved GFLOP/s against a matmul peak measured in the same run, compile time, versions) and a
 table. Run from the repository root::
@@ -37,6 +41,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from jaxgan import bench, configs, cpu, loop
+from jaxgan.nets import onednn
 from jaxgan.runner import round_batches
 
 PRESETS = {
@@ -153,7 +158,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     t0 = time.perf_counter()
     lib = lib_fn.lower(*lib_args).compile()
     lib_compile = time.perf_counter() - t0
-    lib_flops = bench.compiled_flops(lib)
+    lib_flops = bench.chunk_flops(config, rounds, lib)
 
     fused_fn = fused_chunk(run, rounds)
     carry = fused_carry(lib_args[0])
@@ -161,6 +166,9 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     fused = fused_fn.lower(carry, 0).compile()
     fused_compile = time.perf_counter() - t0
     fused_flops = bench.compiled_flops(fused)
+    if onednn.enabled():  # XLA's cost analysis does not see into the oneDNN calls: count without them
+        with onednn.disabled():
+            fused_flops = bench.compiled_flops(fused_chunk(run, rounds).lower(carry, 0).compile())
 
     peer, torch_version = torch_peer(config, threads)
 
@@ -209,6 +217,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
         "torch": torch_version,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "threefry_unrolled": cpu.threefry_unrolled(),
+        "onednn_convolutions": onednn.enabled(),
     }
     return out
 
@@ -225,9 +234,13 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-cpu-tuning", action="store_true",
                    help="leave XLA's CPU defaults (YNNPACK dots, rolled threefry) instead of jaxgan.cpu.tune()")
+    p.add_argument("--xla-convolutions", action="store_true",
+                   help="jaxgan.cpu.tune() without the oneDNN convolutions (XLA's own kernels)")
     a = p.parse_args(argv)
     if not a.no_cpu_tuning:
-        cpu.tune()  # what `jaxgan train` runs with
+        cpu.tune(onednn=not a.xla_convolutions)  # what `jaxgan train` runs with
+    if not a.xla_convolutions and not onednn.enabled() and onednn.unavailable_reason():
+        print(f"oneDNN convolutions unavailable: {onednn.unavailable_reason()}", file=sys.stderr)
     peak = bench.matmul_peak()
     rows = []
     for name in a.preset or list(PRESETS):

@@ -1,6 +1,6 @@
 """XLA CPU settings that make GAN training steps faster without changing what they compute.
 
-Two slow paths of XLA's CPU backend (jax/jaxlib 0.10), measured on this project's 2-core CPU
+Slow paths of XLA's CPU backend (jax/jaxlib 0.10), measured on this project's 2-core CPU
 (``benchmarks/README.md``, "CPU settings"):
 
 * Dots and convolutions go to YNNPACK by default. The training steps ran slower with it than
@@ -18,11 +18,16 @@ Two slow paths of XLA's CPU backend (jax/jaxlib 0.10), measured on this project'
   loop: 0.10 ms for the bits (0.31 ms for the whole normal draw, 0.75 before), the same bits
   (tested against JAX's own lowering and the Random123 known answers).
 
+A third, the convolutions: XLA's CPU kernels (Eigen) run DCGAN's strided convolutions and their
+weight gradients at 150-195 GFLOP/s here, oneDNN's at 215-240. :func:`use_onednn` sends 2-D
+float32 convolutions of CPU programs to oneDNN through ``jax.ffi`` (:mod:`jaxgan.nets.onednn`;
+an optional dependency, ``pip install "jaxgan[onednn]"``).
+
 ``jaxgan train`` (the CLI) and the throughput benchmarks call :func:`tune` first. Library users who want the
 same on CPU call :func:`tune` before their first JAX computation, or pass
 ``compiler_options=jaxgan.cpu.COMPILER_OPTIONS`` to ``jax.jit`` and call :func:`unroll_threefry`.
 Nothing here changes GPU or TPU programs (the options are CPU-only; the lowering is registered for
-the ``cpu`` platform).
+the ``cpu`` platform; the oneDNN convolutions are picked by ``lax.platform_dependent``).
 """
 
 from __future__ import annotations
@@ -108,7 +113,20 @@ def set_xla_flags(*, warn: bool = True) -> bool:
     return True
 
 
-def tune(*, warn: bool = True) -> bool:
-    """:func:`set_xla_flags` and :func:`unroll_threefry`; returns whether the flags took effect."""
+def use_onednn(on: bool = True) -> bool:
+    """Run 2-D float32 convolutions of CPU programs traced from now on with oneDNN
+    (:mod:`jaxgan.nets.onednn`; needs ``pip install "jaxgan[onednn]"`` and a C++ compiler).
+    Returns whether they do; when oneDNN is unavailable, ``jaxgan.nets.onednn.unavailable_reason()``
+    says why and XLA's convolutions are used."""
+    from jaxgan.nets import onednn
+
+    return onednn.enable(on)
+
+
+def tune(*, warn: bool = True, onednn: bool = True) -> bool:
+    """:func:`set_xla_flags`, :func:`unroll_threefry` and (``onednn``, when available)
+    :func:`use_onednn`; returns whether the flags took effect."""
     unroll_threefry()
+    if onednn:
+        use_onednn()
     return set_xla_flags(warn=warn)
