@@ -4,6 +4,8 @@ Multi-device tests start subprocesses with XLA_FLAGS set before JAX starts
 (see tests/helpers.py); this session itself sees one CPU device.
 """
 
+import contextlib
+
 import jax
 import pytest
 
@@ -37,15 +39,21 @@ def require_onednn():
     assert onednn.available(), onednn.unavailable_reason()
 
 
+@contextlib.contextmanager
+def onednn_on():
+    """oneDNN convolutions for what is traced inside (skips as :func:`require_onednn` does)."""
+    from jaxgan.nets import onednn
+
+    require_onednn()
+    onednn.enable(True)
+    try:
+        yield
+    finally:
+        onednn.enable(False)
+
+
 @pytest.fixture(params=["xla", "onednn"])
 def conv_backend(request):
     """Run a convolution test with XLA's kernels and with oneDNN's (jaxgan.nets.onednn)."""
-    from jaxgan.nets import onednn
-
-    if request.param == "onednn":
-        require_onednn()
-        onednn.enable(True)
-    try:
+    with onednn_on() if request.param == "onednn" else contextlib.nullcontext():
         yield request.param
-    finally:
-        onednn.enable(False)

@@ -6,6 +6,7 @@ oneDNN, vmap, repeatability, a DCGAN training step either way, and the FLOP coun
 benchmarks report. The flax comparisons of tests/test_conv.py and tests/test_conv_transpose.py
 also run with oneDNN on (their ``conv_backend`` parameter)."""
 
+import contextlib
 import dataclasses
 
 import jax
@@ -15,17 +16,13 @@ import pytest
 
 from jaxgan.nets import conv as conv_lib
 from jaxgan.nets import onednn
-from tests.conftest import require_onednn
+from tests.conftest import onednn_on, require_onednn
 
 
 @pytest.fixture
 def on():
-    require_onednn()
-    onednn.enable(True)
-    try:
+    with onednn_on():
         yield
-    finally:
-        onednn.enable(False)
 
 
 # (N, input spatial, C_in, C_out, kernel, strides, pads, dilation)
@@ -59,13 +56,10 @@ def test_three_products_equal_xla(geometry):
     z = jax.eval_shape(lambda: conv_lib.conv(u, w, strides, pads, dilation))
     g = jax.random.normal(jax.random.key(2), z.shape)
     ref = jax.jit(lambda: _three(u, w, g, strides, pads, dilation))()
-    onednn.enable(True)
-    try:
+    with onednn_on():
         f = jax.jit(lambda: _three(u, w, g, strides, pads, dilation))
         assert f.lower().as_text().count("jaxgan_conv_") == 3  # all three went to oneDNN
         got = f()
-    finally:
-        onednn.enable(False)
     for a, b in zip(got, ref, strict=True):
         assert a.shape == b.shape
         scale = float(jnp.max(jnp.abs(b)))
@@ -106,19 +100,11 @@ def test_what_is_not_sent_to_onednn(on, what):
         strides, pads, dilation = (1,), ((1, 1),), (1,)
     elif what == "negative padding":
         pads = ((-1, 1), (1, 1))
-    with onednn.disabled() if what == "disabled" else _nothing():
+    with onednn.disabled() if what == "disabled" else contextlib.nullcontext():
         f = jax.jit(jax.grad(lambda u, w: jnp.sum(conv_lib.conv(u, w, strides, pads, dilation)), argnums=(0, 1)))
         text = f.lower(u, w).as_text()
     assert "jaxgan_conv" not in text
     f(u, w)  # and it runs
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_vmap_over_a_leading_axis_equals_one_by_one(on):
