@@ -28,14 +28,42 @@ def round_batches(gan: GAN, source, state: GANState, local_batch: int) -> Array:
     return jax.vmap(lambda j: source.sample_ids(jax.random.fold_in(key, j), ids))(draws)
 
 
+def _scan_rounds(step, carry, xs, length: int | None = None):
+    """``jax.lax.scan`` of ``step: (carry, x) -> (carry, metrics)`` with the round's scalar
+    float32 metrics written as one vector per round instead of one array each (a dozen
+    scalar writes per round were a dozen more kernels on CPU). Returns ``(carry, {name:
+    [rounds]})`` as the plain scan would."""
+    names: list[str] = []
+
+    def body(c, x):
+        c, metrics = step(c, x)
+        packed = {k: v for k, v in metrics.items() if v.shape == () and v.dtype == jnp.float32}
+        names[:] = list(packed)
+        rest = {k: v for k, v in metrics.items() if k not in packed}
+        vector = jnp.stack(list(packed.values())) if packed else jnp.zeros((0,), jnp.float32)
+        return c, (vector, rest)
+
+    carry, (vectors, rest) = jax.lax.scan(body, carry, xs, length=length)
+    return carry, {**{k: vectors[:, i] for i, k in enumerate(names)}, **rest}
+
+
 def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int):
     """``rounds`` training rounds with on-device data: ``(state, metrics [rounds])``. Pure;
-    the caller jits it with ``rounds`` (and ``local_batch``) static."""
+    the caller jits it with ``rounds`` (and ``local_batch``) static.
 
-    def body(s, _):
-        return gan.train_step(s, round_batches(gan, source, s, local_batch))
+    Each round draws the next round's batch and carries it: a value carried by the loop is
+    computed once, whereas a batch drawn inside the round is fused by XLA into each of its
+    readers (D's input and the diversity metric) and its draw, a threefry hash per value,
+    recomputed for each. The chunk draws one batch more than it trains on."""
 
-    return jax.lax.scan(body, state, None, length=rounds)
+    def step(carry, _):
+        s, batch = carry
+        s, metrics = gan.train_step(s, batch)
+        return (s, round_batches(gan, source, s, local_batch)), metrics
+
+    first = round_batches(gan, source, state, local_batch)
+    (state, _), metrics = _scan_rounds(step, (state, first), None, length=rounds)
+    return state, metrics
 
 
 def train_chunk_fed(gan: GAN, state: GANState, batches: Array, transform=None):
@@ -44,7 +72,7 @@ def train_chunk_fed(gan: GAN, state: GANState, batches: Array, transform=None):
     trains on (e.g. uint8 pixels to [-1, 1]). Returns ``(state, metrics [rounds])``. Pure; the
     caller jits it."""
 
-    def body(s, batch):
+    def step(s, batch):
         return gan.train_step(s, batch if transform is None else transform(batch))
 
-    return jax.lax.scan(body, state, batches)
+    return _scan_rounds(step, state, batches)
