@@ -101,8 +101,9 @@ class GAN:
     ``[B]`` (e.g. ``NamedSharding(mesh, P('data'))`` on a mesh with Auto axes), so the drawn
     latents, noise and data are split across devices and the compiler inserts the reductions.
     ``ema_decay`` keeps an EMA of G's params in the state.
-    ``skip_nonfinite`` discards an update whose loss, gradient norm, new params or new model
-    state hold a NaN/Inf (the metrics ``d_nonfinite``/``g_nonfinite`` flag such an update either way).
+    ``skip_nonfinite`` discards an update whose loss, gradient norm, new params (read through
+    their norm) or new model state hold a NaN/Inf (the metrics ``d_nonfinite``/``g_nonfinite``
+    flag such an update either way).
     The ``diversity`` metric is estimated from B neighbouring pairs (O(B),
     :func:`jaxgan.scores.diversity_estimate`); ``exact_diversity`` uses all B(B-1)/2 pairs
     instead (O(B^2): ~9% of a toy step at B=512).
@@ -196,11 +197,13 @@ class GAN:
         (elementwise, not via a norm that could overflow) and agreed across ``axis_name``, so
         every device keeps or discards an update together.
 
-        The updates pass their loss, gradient *norm*, new params and new model state: the norm
-        is not finite exactly when some gradient element is not (or when the norm itself
-        exceeds float32, > 1.8e19: a blow-up too), and it is computed for the metrics anyway.
-        Checking the gradients elementwise as well cost 1.5-3.5% of the toy GAN's round on CPU
-        (two more small kernels per leaf) and would catch no update that this misses."""
+        The updates pass their loss, the gradient norm, the new params' squared norm and the
+        new model state. A norm is not finite exactly when one of its elements is not, or when
+        it exceeds float32 (a gradient or params norm above 1.8e19: a blow-up too); the
+        gradient norm is computed for the metrics anyway. Checking gradients and params
+        elementwise instead cost 1.5-3.5% of the toy GAN's round on CPU (two more small
+        kernels per leaf; a boolean reduction per leaf is slower than a float sum) and would
+        catch no update that this misses."""
         flags = [
             jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees) if jnp.issubdtype(x.dtype, jnp.inexact)
         ]
@@ -356,7 +359,7 @@ class GAN:
         grad_norm = optax.tree.norm(grads)
         if not with_metrics and not self.skip_nonfinite:  # the unrolled lookahead's updates
             return new, {}
-        finite = self._all_finite(loss, grad_norm, params, model_state)
+        finite = self._all_finite(loss, grad_norm, optax.tree.norm(params, squared=True), model_state)
         new = self._finite_update(d, new, finite)
         if not with_metrics:
             return new, {}
@@ -418,7 +421,7 @@ class GAN:
         params = optax.apply_updates(g.params, updates)
         new = PlayerState(params, g_state, opt_state, g.count + 1)
         grad_norm = optax.tree.norm(grads)
-        finite = self._all_finite(loss, grad_norm, params, g_state)
+        finite = self._all_finite(loss, grad_norm, optax.tree.norm(params, squared=True), g_state)
         new = self._finite_update(g, new, finite)
         metrics = {
             "g_loss": loss,
