@@ -194,8 +194,7 @@ class GAN:
 
     def _all_finite(self, *trees: PyTree) -> Array:
         """Whether every float element of ``trees`` is finite: a bool scalar, computed on device
-        (elementwise, not via a norm that could overflow) and agreed across ``axis_name``, so
-        every device keeps or discards an update together.
+        and agreed across ``axis_name``, so every device keeps or discards an update together.
 
         The updates pass their loss, the gradient norm, the new params' squared norm and the
         new model state. A norm is not finite exactly when one of its elements is not, or when

@@ -75,8 +75,15 @@ def test_a_gradient_norm_beyond_float32_flags_the_update():
     """Data at 1e20 through an unbounded critic: every gradient element and the loss are
     finite, but the gradient norm is not (> 3.4e38 squared). That is a blow-up; it is flagged."""
     run = tiny(loss="wasserstein", activation="relu")
-    state = run.init_state()
+    gan, state = run.gan, run.init_state()
     batch = np.full((16, 2), 1e20, np.float32)
+    ids = gan.example_ids(16)
+    fake, _ = gan._generate(state.g.params, state.g.model_state, gan.latents(jax.random.key(0), ids),
+                            jax.random.key(1), True)
+    grads = jax.grad(lambda p: gan._d_loss(p, state.d.model_state, batch, fake, jax.random.key(2), ids, 0)[0])(
+        state.d.params)
+    assert all(np.all(np.isfinite(g)) for g in leaves(grads))
+    assert max(np.abs(g).max() for g in leaves(grads)) > 1e19
     _, metrics = jax.jit(run.gan.d_step)(state, batch)
     assert np.isfinite(float(metrics["d_loss"])) and np.isinf(float(metrics["d_grad_norm"]))
     assert float(metrics["d_nonfinite"]) == 1.0
