@@ -165,10 +165,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     t0 = time.perf_counter()
     fused = fused_fn.lower(carry, 0).compile()
     fused_compile = time.perf_counter() - t0
-    fused_flops = bench.compiled_flops(fused)
-    if onednn.enabled():  # XLA's cost analysis does not see into the oneDNN calls: count without them
-        with onednn.disabled():
-            fused_flops = bench.compiled_flops(fused_chunk(run, rounds).lower(carry, 0).compile())
+    fused_flops = bench.xla_flops(fused, lambda: fused_chunk(run, rounds).lower(carry, 0).compile())
 
     peer, torch_version = torch_peer(config, threads)
 

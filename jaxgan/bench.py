@@ -61,16 +61,25 @@ def compiled_flops(compiled) -> float | None:
     return float(cost["flops"])
 
 
-def chunk_flops(config: Config, rounds: int, compiled) -> float | None:
-    """FLOPs of one round of ``compiled`` (the chunk :func:`library_chunk` makes for ``config``)
-    by XLA's cost analysis. The oneDNN convolutions are custom calls it does not see into, so
-    while they are on the count comes from the same chunk compiled with XLA's convolutions (the
-    same arithmetic)."""
+def xla_flops(compiled, compile_again) -> float | None:
+    """:func:`compiled_flops` of ``compiled``, counted with XLA's convolutions. The oneDNN
+    convolutions are custom calls XLA's cost analysis does not see into, so while they are on
+    the count comes from ``compile_again()`` (the same program, compiled again) traced with
+    them off: the same arithmetic."""
     if not onednn.enabled():
         return compiled_flops(compiled)
     with onednn.disabled():
+        return compiled_flops(compile_again())
+
+
+def chunk_flops(config: Config, rounds: int, compiled) -> float | None:
+    """:func:`xla_flops` of ``compiled``, the chunk :func:`library_chunk` makes for ``config``."""
+
+    def compile_again():
         _run, fn, args, _plan = library_chunk(config, rounds)
-        return compiled_flops(fn.lower(*args).compile())
+        return fn.lower(*args).compile()
+
+    return xla_flops(compiled, compile_again)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:

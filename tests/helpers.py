@@ -5,9 +5,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jaxgan as jg
+from jaxgan import configs, loop
+from jaxgan.checkpoint import to_saveable
 
 
 class BNGenerator(nn.Module):
@@ -64,3 +67,17 @@ def trees_equal(a, b) -> bool:
     return len(leaves_a) == len(leaves_b) and all(
         x.shape == y.shape and bool(jnp.all(x == y)) for x, y in zip(leaves_a, leaves_b, strict=True)
     )
+
+
+# The ring8 toy GAN shrunk to run in a fraction of a second per round.
+TINY = {"batch_size": 16, "g_hidden": (8, 8), "d_hidden": (8, 8), "latent_dim": 4}
+
+
+def tiny_run(**overrides) -> loop.Run:
+    """A :class:`jaxgan.loop.Run` of the ``ring8`` preset with :data:`TINY` and ``overrides``."""
+    return loop.Run.from_config(configs.apply_overrides(configs.preset("ring8"), {**TINY, **overrides}))
+
+
+def host_leaves(tree) -> list[np.ndarray]:
+    """The leaves of a state (PRNG keys as their data) as host arrays."""
+    return [np.array(x) for x in jax.tree.leaves(to_saveable(tree))]

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from jaxgan import configs, loop, rundir
-from jaxgan.checkpoint import Checkpointer, CheckpointError, describe_mismatch, to_saveable
+from jaxgan.checkpoint import Checkpointer, CheckpointError, describe_mismatch
 from jaxgan.runner import train_chunk
+from tests import helpers
+from tests.helpers import host_leaves
 
 
 def tiny_run(**overrides) -> loop.Run:
-    base = {"batch_size": 16, "g_hidden": (8, 8), "d_hidden": (8,), "latent_dim": 4, "ema_decay": 0.9}
-    return loop.Run.from_config(configs.apply_overrides(configs.preset("ring8"), {**base, **overrides}))
+    """:func:`tests.helpers.tiny_run` with a one-layer D and an EMA of G (more kinds of leaf to save)."""
+    return helpers.tiny_run(**{"d_hidden": (8,), "ema_decay": 0.9, **overrides})
 
 
 @functools.lru_cache
@@ -29,10 +31,6 @@ def trained(rounds: int = 3):
     fresh = run.init_state()
     chunk = jax.jit(functools.partial(train_chunk, run.gan, run.source, local_batch=16, rounds=rounds))
     return run, chunk(jax.tree.map(lambda x: x.copy(), fresh))[0], fresh
-
-
-def host_leaves(state) -> list[np.ndarray]:
-    return [np.array(x) for x in jax.tree.leaves(to_saveable(state))]
 
 
 def assert_bitwise(state, leaves: list[np.ndarray]) -> None:

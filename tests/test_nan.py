@@ -11,24 +11,16 @@ import numpy as np
 import pytest
 
 from jaxgan import configs, loop, rundir
-from jaxgan.checkpoint import Checkpointer, to_saveable
+from jaxgan.checkpoint import Checkpointer
 from tests.cli_helpers import error_lines, jaxgan
+from tests.helpers import TINY, host_leaves, tiny_run
 
-TINY = {"batch_size": 16, "g_hidden": (8, 8), "d_hidden": (8, 8), "latent_dim": 4}
 # Adam at lr 1e5 on an unbounded (relu, wasserstein) critic overflows on the second round.
 BLOW_UP = {"loss": "wasserstein", "activation": "relu", "g_lr": 1e5, "d_lr": 1e5}
 
 
-def tiny(**overrides) -> loop.Run:
-    return loop.Run.from_config(configs.apply_overrides(configs.preset("ring8"), {**TINY, **overrides}))
-
-
-def leaves(tree) -> list[np.ndarray]:
-    return [np.array(x) for x in jax.tree.leaves(to_saveable(tree))]
-
-
 def same(a, b) -> bool:
-    return all(np.array_equal(x, y, equal_nan=True) for x, y in zip(leaves(a), leaves(b), strict=True))
+    return all(np.array_equal(x, y, equal_nan=True) for x, y in zip(host_leaves(a), host_leaves(b), strict=True))
 
 
 def nan_batch() -> np.ndarray:
@@ -39,7 +31,7 @@ def nan_batch() -> np.ndarray:
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_a_nan_batch_flags_the_discriminator_update(skip):
-    run = tiny(nan_policy="skip" if skip else "stop")
+    run = tiny_run(nan_policy="skip" if skip else "stop")
     state = run.init_state()
     new, metrics = jax.jit(run.gan.train_step)(state, nan_batch())
     assert float(metrics["d_nonfinite"]) == 1.0  # the D update saw the NaN
@@ -51,15 +43,15 @@ def test_a_nan_batch_flags_the_discriminator_update(skip):
         assert same(new.d.params, state.d.params) and same(new.d.opt_state, state.d.opt_state)
         assert int(new.d.count) == 1 and int(new.step) == 1
         assert not same(new.g.params, state.g.params)
-        assert all(np.all(np.isfinite(x)) for x in leaves(new))
+        assert all(np.all(np.isfinite(x)) for x in host_leaves(new))
     else:  # left as computed; the loop stops on the flag
-        assert not all(np.all(np.isfinite(x)) for x in leaves(new.d.params))
+        assert not all(np.all(np.isfinite(x)) for x in host_leaves(new.d.params))
 
 
 def test_flags_cover_non_finite_params_even_when_loss_and_gradients_are_finite():
     """Inf in an Adam moment leaves the loss and the gradient finite but makes the new params
     Inf: the update is still flagged, because the new parameters are checked too."""
-    run = tiny()
+    run = tiny_run()
     state = run.init_state()
     adam, *rest = state.d.opt_state
     mu = jax.tree.map(lambda x: x, adam.mu)
@@ -74,7 +66,7 @@ def test_flags_cover_non_finite_params_even_when_loss_and_gradients_are_finite()
 def test_a_gradient_norm_beyond_float32_flags_the_update():
     """Data at 1e20 through an unbounded critic: every gradient element and the loss are
     finite, but the gradient norm is not (> 3.4e38 squared). That is a blow-up; it is flagged."""
-    run = tiny(loss="wasserstein", activation="relu")
+    run = tiny_run(loss="wasserstein", activation="relu")
     gan, state = run.gan, run.init_state()
     batch = np.full((16, 2), 1e20, np.float32)
     ids = gan.example_ids(16)
@@ -82,8 +74,8 @@ def test_a_gradient_norm_beyond_float32_flags_the_update():
                             jax.random.key(1), True)
     grads = jax.grad(lambda p: gan._d_loss(p, state.d.model_state, batch, fake, jax.random.key(2), ids, 0)[0])(
         state.d.params)
-    assert all(np.all(np.isfinite(g)) for g in leaves(grads))
-    assert max(np.abs(g).max() for g in leaves(grads)) > 1e19
+    assert all(np.all(np.isfinite(g)) for g in host_leaves(grads))
+    assert max(np.abs(g).max() for g in host_leaves(grads)) > 1e19
     _, metrics = jax.jit(run.gan.d_step)(state, batch)
     assert np.isfinite(float(metrics["d_loss"])) and np.isinf(float(metrics["d_grad_norm"]))
     assert float(metrics["d_nonfinite"]) == 1.0
@@ -130,7 +122,7 @@ def test_the_loop_stops_on_a_non_finite_update_and_keeps_the_last_good_checkpoin
     with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True) as ckpt:
         assert ckpt.all_steps() == [1]
         state, record = ckpt.restore(run.init_state())
-    assert record["step"] == 1 and all(np.all(np.isfinite(x)) for x in leaves(state))
+    assert record["step"] == 1 and all(np.all(np.isfinite(x)) for x in host_leaves(state))
     events = rundir.read_jsonl(os.path.join(out, rundir.EVENTS))
     assert events[-1]["kind"] == "nan" and events[-1]["step"] == 2
     with open(os.path.join(out, rundir.SUMMARY)) as f:
@@ -159,6 +151,6 @@ def test_the_skip_policy_counts_skipped_updates_and_gives_up_on_a_run_that_canno
     with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True) as ckpt:
         for step in ckpt.all_steps():
             state, record = ckpt.restore(run.init_state(), step)
-            assert all(np.all(np.isfinite(x)) for x in leaves(state))
+            assert all(np.all(np.isfinite(x)) for x in host_leaves(state))
             flagged = sum(r["d_nonfinite"] + r["g_nonfinite"] for r in rows if r["step"] <= step)
             assert record["skipped_updates"] == flagged > 0

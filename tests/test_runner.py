@@ -6,20 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgan import configs, loop
-from jaxgan.checkpoint import to_saveable
 from jaxgan.runner import round_batches, train_chunk, train_chunk_fed
-
-TINY = {"batch_size": 16, "g_hidden": (8, 8), "d_hidden": (8, 8), "latent_dim": 4}
-
-
-def tiny(**overrides) -> loop.Run:
-    return loop.Run.from_config(configs.apply_overrides(configs.preset("ring8"), {**TINY, **overrides}))
+from tests.helpers import host_leaves, tiny_run
 
 
 def assert_same(a, b):
-    for x, y in zip(jax.tree.leaves(to_saveable(a)), jax.tree.leaves(to_saveable(b)), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(host_leaves(a), host_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("d_steps", [1, 2])
@@ -27,7 +20,7 @@ def test_a_chunk_is_its_rounds_one_by_one(d_steps):
     """Round t of a chunk trains on round t's batch (the chunk draws each round's batch one
     round ahead and carries it) and its metrics land under their own names (they travel as
     one packed vector per round)."""
-    run = tiny(d_steps=d_steps)
+    run = tiny_run(d_steps=d_steps)
     gan, source, rounds = run.gan, run.source, 4
     state = run.init_state()
     chunk_state, metrics = jax.jit(lambda s: train_chunk(gan, source, s, 16, rounds))(state)
@@ -46,7 +39,7 @@ def test_a_chunk_is_its_rounds_one_by_one(d_steps):
 
 
 def test_a_fed_chunk_is_its_rounds_one_by_one():
-    run = tiny()
+    run = tiny_run()
     gan, state = run.gan, run.init_state()
     batches = np.random.default_rng(0).normal(size=(3, 1, 16, 2)).astype(np.float32)
     chunk_state, metrics = jax.jit(lambda s, b: train_chunk_fed(gan, s, b))(state, batches)

@@ -48,7 +48,7 @@ TARGETS = {
 }
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "error": None, "enabled": False, "path": None}
+_state: dict = {"loaded": False, "error": None, "enabled": False}
 
 
 class OneDNNUnavailable(RuntimeError):
@@ -131,7 +131,7 @@ def load() -> None:
         except (OneDNNUnavailable, OSError, AttributeError) as e:
             _state["error"] = str(e)
             raise OneDNNUnavailable(str(e)) from e
-        _state.update(loaded=True, path=path, lib=lib)
+        _state.update(loaded=True, lib=lib)  # the handle keeps the library loaded
 
 
 def available() -> bool:
