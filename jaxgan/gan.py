@@ -8,8 +8,8 @@ steps per call) and ``jax.pmap`` / ``jax.shard_map`` (set ``axis_name``).
 Randomness is keyed by position, never by call order: the draws of discriminator update ``n``
 come from ``fold_in(fold_in(state.rng, D), n)``, those of generator update ``n`` from
 ``fold_in(fold_in(state.rng, G), n)``, and within an update the latent and noise of global
-example ``i`` from ``fold_in(key, i)``. A run therefore follows the same trajectory on one
-device with batch B or on n devices with B/n each, and after a resume.
+example ``i`` from ``(key, i)`` alone (:mod:`jaxgan.keys`). A run therefore follows the same
+trajectory on one device with batch B or on n devices with B/n each, and after a resume.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgan import keys as keys_lib
 from jaxgan import losses as losses_lib
 from jaxgan import scores as scores_lib
 from jaxgan import unroll as unroll_lib
-from jaxgan.keys import per_example
 from jaxgan.nets.adapters import Network
 from jaxgan.penalties import PenaltyInputs, Remedy
 
@@ -175,7 +175,7 @@ class GAN:
 
     def latents(self, key: Array, ids: Array) -> Array:
         """Standard-normal latents ``[len(ids), latent_dim]``; row i is a function of (key, ids[i])."""
-        return per_example(key, ids, lambda k: jax.random.normal(k, (self.latent_dim,)))
+        return keys_lib.normal(key, ids, (self.latent_dim,))
 
     def _pmean(self, tree: PyTree) -> PyTree:
         return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxgan.keys import per_example
+from jaxgan import keys as keys_lib
 
 Array = jax.Array
 PyTree = Any
@@ -89,7 +89,7 @@ class GradientPenalty(Remedy):
 
     def loss(self, inputs: PenaltyInputs) -> Array:
         real, fake = inputs.real, inputs.fake
-        eps = per_example(inputs.key, inputs.ids, lambda k: jax.random.uniform(k, ()))
+        eps = keys_lib.per_example(inputs.key, inputs.ids, lambda k: jax.random.uniform(k, ()))
         eps = eps.reshape((-1,) + (1,) * (real.ndim - 1)).astype(real.dtype)
         x_hat = eps * real + (1.0 - eps) * fake
         norms = jnp.linalg.norm(_input_gradients(inputs.d, x_hat), axis=1)
@@ -180,7 +180,7 @@ class InstanceNoise(Remedy):
         return self.std * frac
 
     def perturb(self, x: Array, key: Array, ids: Array, t: Array) -> Array:
-        noise = per_example(key, ids, lambda k: jax.random.normal(k, x.shape[1:], x.dtype))
+        noise = keys_lib.normal(key, ids, x.shape[1:], x.dtype)
         return x + self.level(t).astype(x.dtype) * noise
 
     def report(self, t: Array) -> dict[str, Array]:
@@ -214,7 +214,7 @@ class LabelFlip(Remedy):
         return "label_flip"
 
     def targets(self, y: Array, key: Array, ids: Array) -> Array:
-        flip = per_example(key, ids, lambda k: jax.random.bernoulli(k, self.rate))
+        flip = keys_lib.per_example(key, ids, lambda k: jax.random.bernoulli(k, self.rate))
         return jnp.where(flip, 0.0, y)
 
 

@@ -158,11 +158,16 @@ def test_a_dcgan_training_chunk_is_the_same_either_way(on):
     state_xla, metrics_xla = lowered_xla.compile()(*args_xla)
     # Two D and two G updates. Adam's first steps move a weight by about the learning rate
     # whatever its gradient's size, so a weight whose gradient is near zero may move by a
-    # visibly different amount either way; a wrong convolution would move most weights by up to
-    # twice the learning rate in the wrong direction. Tolerance: a quarter of the rate.
+    # visibly different amount either way (float sums associate differently); a wrong
+    # convolution would move most weights by up to twice the learning rate in the wrong
+    # direction. So: all but one in 10^4 weights within a quarter of the rate, and none further
+    # apart than two updates in opposite directions.
     lr = config.d_lr
     for ours, xla in ((state.g.params, state_xla.g.params), (state.d.params, state_xla.d.params)):
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=lr / 4), ours, xla)
+        diff = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
+                               for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True)])
+        assert np.mean(diff > lr / 4) <= 1e-4, np.sort(diff)[-10:]
+        assert diff.max() <= 4 * lr
     for name in ("d_loss", "g_loss", "generator_score", "discriminator_score"):
         np.testing.assert_allclose(metrics[name], metrics_xla[name], rtol=2e-4, err_msg=name)
 

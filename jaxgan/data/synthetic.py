@@ -1,8 +1,8 @@
 """Random images sampled inside jit: ``dataset=random:HxWxC`` (for benchmarks and smoke tests).
 
-Pixels are uniform in [-1, 1]; example ``i`` of a draw with key ``k`` depends only on
-``fold_in(k, i)`` (as every on-device source), so the data costs no host work and the
-benchmark measures the training step alone.
+Pixels are uniform in [-1, 1); example ``i`` of a draw with key ``k`` depends only on
+``(k, i)`` (:func:`jaxgan.keys.uniform`, as every on-device source), so the data costs no host
+work and the benchmark measures the training step alone.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 
 import jax
 
-from jaxgan.keys import per_example
+from jaxgan import keys
 
 Array = jax.Array
 
@@ -35,9 +35,7 @@ class RandomImages:
 
     def sample_ids(self, key: Array, ids: Array) -> Array:
         """``[len(ids), H, W, C]``; row r depends only on ``(key, ids[r])``."""
-        return per_example(
-            key, ids, lambda k: jax.random.uniform(k, self.shape, minval=-1.0, maxval=1.0), materialize_keys=True
-        )
+        return keys.uniform(key, ids, self.shape, -1.0, 1.0)
 
 
 def parse(name: str) -> RandomImages | None:
