@@ -38,6 +38,26 @@ Metrics = dict[str, Array]
 _INIT, _D, _G, _SAMPLE = 0, 1, 2, 3
 
 
+def squared_norm(tree: PyTree) -> Array:
+    """The sum of squares of every leaf of ``tree``, in float32: ``optax.tree.norm(tree,
+    squared=True)``, computed on CPU as one dot product per leaf. XLA's CPU reduction loop is
+    the slower way there: Adam on DCGAN-32's D and G (1.7M parameters) took 1.5 ms, 3.6 ms
+    with the squared norms of the gradients and the new parameters as reductions, 2.6 ms as
+    dots (2-core CPU). Other platforms keep the reduction."""
+
+    def dots(t):
+        return sum(
+            (jnp.dot(x.reshape(-1), x.reshape(-1), precision=jax.lax.Precision.HIGHEST,
+                     preferred_element_type=jnp.float32) for x in jax.tree.leaves(t)),
+            jnp.float32(0.0),
+        )
+
+    def reductions(t):
+        return optax.tree.norm(t, squared=True).astype(jnp.float32)
+
+    return jax.lax.platform_dependent(tree, cpu=dots, default=reductions)
+
+
 @flax.struct.dataclass
 class PlayerState:
     """One player's trainable state. ``count`` is the number of updates applied to it."""
@@ -355,10 +375,10 @@ class GAN:
         for p in self.penalties:
             params = p.project(params)
         new = PlayerState(params, model_state, opt_state, d.count + 1)
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = jnp.sqrt(squared_norm(grads))
         if not with_metrics and not self.skip_nonfinite:  # the unrolled lookahead's updates
             return new, {}
-        finite = self._all_finite(loss, grad_norm, optax.tree.norm(params, squared=True), model_state)
+        finite = self._all_finite(loss, grad_norm, squared_norm(params), model_state)
         new = self._finite_update(d, new, finite)
         if not with_metrics:
             return new, {}
@@ -419,8 +439,8 @@ class GAN:
         updates, opt_state = self.g_optimizer.update(grads, g.opt_state, g.params)
         params = optax.apply_updates(g.params, updates)
         new = PlayerState(params, g_state, opt_state, g.count + 1)
-        grad_norm = optax.tree.norm(grads)
-        finite = self._all_finite(loss, grad_norm, optax.tree.norm(params, squared=True), g_state)
+        grad_norm = jnp.sqrt(squared_norm(grads))
+        finite = self._all_finite(loss, grad_norm, squared_norm(params), g_state)
         new = self._finite_update(g, new, finite)
         metrics = {
             "g_loss": loss,
