@@ -7,8 +7,9 @@ measures, interleaving the three so that machine load hits them alike:
 * ``jaxgan``: the compiled chunk ``jaxgan train`` runs (:func:`jaxgan.bench.library_chunk`:
   ``GAN.train_step`` scanned over rounds, data drawn on device, every metric computed);
 * ``fused``: one hand-written jitted function doing the same model's round (same flax modules,
-  same data draw, G forward in the D update, fresh latents in the G update, Adam) with nothing
-  else, scanned over the same number of rounds: the library's overhead is jaxgan vs this;
+  same data and latent draws, G forward in the D update, fresh latents in the G update, Adam)
+  with nothing else, scanned over the same number of rounds: the library's overhead is jaxgan
+  vs this;
 * ``torch``: :mod:`torch_dcgan` (PyTorch eager, same work per step), if torch is installed.
 
 jaxgan and the fused step run with ``jaxgan.cpu.tune()`` as ``jaxgan train`` does: with oneDNN
@@ -42,7 +43,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jaxgan import bench, configs, cpu, loop
+from jaxgan import bench, configs, cpu, keys, loop
 from jaxgan.nets import onednn
 from jaxgan.runner import round_batches
 
@@ -77,8 +78,9 @@ def fused_chunk(run: loop.Run, rounds: int):
         key = jax.random.fold_in(rng, t)
         k_z1, k_z2, k_d1, k_d2 = jax.random.split(key, 4)
         real = round_batches(gan, run.source, _FakeState(rng, t), batch)[0]
-        z1 = jax.random.normal(k_z1, (batch, gan.latent_dim))
-        z2 = jax.random.normal(k_z2, (batch, gan.latent_dim))
+        ids = jnp.arange(batch, dtype=jnp.uint32)
+        z1 = keys.normal(k_z1, ids, (gan.latent_dim,))
+        z2 = keys.normal(k_z2, ids, (gan.latent_dim,))
         fake, _ = split(g_apply(gp, gs, z1), gs)
 
         def d_loss(params):
