@@ -13,6 +13,11 @@ the key and their global example ids, on any number of devices.
   into the loop that makes the values and recomputes it for every element: measured (2-core
   CPU, toy GAN, 512 x 256 latents per update) 312 -> 321 training steps/s, the speed with a
   single ``jax.random.normal(key, (512, 256))`` draw instead (320).
+
+On the CPU, after :func:`jaxgan.cpu.use_native_bits` (``jaxgan.cpu.tune`` calls it), :func:`bits`
+is computed by a C++ FFI handler that evaluates each hash once for both its output words (XLA's
+loop fusion evaluates it once per word): the same bits, 0.043 instead of 0.13 ms for a 512 x 256
+latent draw's (the whole normal draw 0.22 instead of 0.28-0.32 ms; 2-core CPU with AVX-512).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
+
+from jaxgan import cpu
 
 Array = jax.Array
 
@@ -49,11 +56,21 @@ def bits(key: Array, ids: Array, shape: Sequence[int]) -> Array:
     else:
         data = jax.random.bits(key, (2,), jnp.uint32)
     n = math.prod(shape)
-    half = (n + 1) // 2
-    rows, cols = jnp.broadcast_arrays(ids[:, None], jnp.arange(half, dtype=jnp.uint32)[None, :])
-    k1, k2 = (jnp.broadcast_to(data[..., i], rows.shape) for i in range(2))
-    a, b = threefry2x32_p.bind(k1, k2, rows, cols)
-    return jnp.concatenate([a, b], axis=1)[:, :n].reshape(ids.shape[0], *shape)
+
+    def xla(data, ids):
+        half = (n + 1) // 2
+        rows, cols = jnp.broadcast_arrays(ids[:, None], jnp.arange(half, dtype=jnp.uint32)[None, :])
+        k1, k2 = (jnp.broadcast_to(data[..., i], rows.shape) for i in range(2))
+        a, b = threefry2x32_p.bind(k1, k2, rows, cols)
+        return jnp.concatenate([a, b], axis=1)[:, :n]
+
+    if cpu.native_bits() and ids.ndim == 1 and ids.shape[0] * n > 0:
+        native = jax.ffi.ffi_call(cpu.NATIVE_BITS_TARGET, jax.ShapeDtypeStruct((ids.shape[0], n), jnp.uint32),
+                                  vmap_method="broadcast_all")
+        flat = jax.lax.platform_dependent(data, ids, cpu=native, default=xla)
+    else:
+        flat = xla(data, ids)
+    return flat.reshape(ids.shape[0], *shape)
 
 
 def _unit_interval(b: Array) -> Array:

@@ -2,7 +2,11 @@
 
 The counter-based draws are checked against the Threefry-2x32 hash evaluated in numpy
 (``jaxgan.cpu.threefry2x32``, itself checked against the Random123 known answers in
-test_cpu.py) and against scipy's normal quantile function."""
+test_cpu.py) and against scipy's normal quantile function. Tests taking ``bits_backend`` run
+with XLA computing the bits and with the native handler (``jaxgan.cpu.use_native_bits``)."""
+
+import contextlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +16,26 @@ import scipy.special
 import scipy.stats
 
 from jaxgan import cpu, keys
+
+
+@contextlib.contextmanager
+def native_bits(on: bool):
+    """``jaxgan.cpu.use_native_bits(on)`` for what is traced inside. Skips without a C++ compiler;
+    fails when there is one but the handler cannot be built."""
+    if on and not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler to build the native random bits")
+    was = cpu.native_bits()
+    assert cpu.use_native_bits(on) == on, cpu.native_bits_unavailable_reason()
+    try:
+        yield
+    finally:
+        cpu.use_native_bits(was)
+
+
+@pytest.fixture(params=["xla", "native"])
+def bits_backend(request):
+    with native_bits(request.param == "native"):
+        yield request.param
 
 
 def _draw(k):
@@ -38,7 +62,7 @@ def _threefry_rows(key, ids, n):
 
 
 @pytest.mark.parametrize("shape", [(6,), (5,), (2, 3, 3), (1,)])
-def test_bits_are_the_threefry_hash_of_id_and_position(shape):
+def test_bits_are_the_threefry_hash_of_id_and_position(shape, bits_backend):
     key = jax.random.key(11)
     ids = np.array([3, 0, 1000, 7], np.uint32)
     got = np.asarray(jax.jit(lambda k, i: keys.bits(k, i, shape))(key, ids))
@@ -56,7 +80,35 @@ def test_a_row_depends_only_on_key_and_id():
     assert not np.array_equal(keys.normal(jax.random.key(4), np.arange(8, dtype=np.uint32), (4, 4)), whole)
 
 
-def test_vmapped_over_keys_equals_each_key_alone():
+def test_native_bits_split_over_threads_are_the_hash_too():
+    """Enough rows that the handler splits them into chunks (one per thread and more)."""
+    key = jax.random.key(12)
+    ids = np.arange(3, 3 * 700, 3, dtype=np.uint32)
+    with native_bits(True):
+        got = np.asarray(jax.jit(lambda k, i: keys.bits(k, i, (97,)))(key, ids))
+    np.testing.assert_array_equal(got, _threefry_rows(key, ids, 97))
+
+
+def test_native_bits_under_nested_vmap_and_grad_equal_xla_bits():
+    # XLA's side with the unrolled hash, as jaxgan.cpu.tune() sets it: JAX 0.10's own rolled
+    # lowering fails under this nested vmap (its operands arrive with different batch shapes).
+    cpu.unroll_threefry()
+    ks = jax.random.split(jax.random.key(1), 3)
+    ids = np.arange(256, dtype=np.uint32).reshape(4, 64)
+    both = jax.vmap(jax.vmap(lambda k, i: keys.normal(k, i, (5,)), (None, 0)), (0, None))
+
+    def grad(s):  # a loss through a draw: bits are not differentiated, the draw is a constant
+        return jnp.sum(jnp.sin(s * keys.normal(ks[0], ids[0], (5,))))
+
+    outs = {}
+    for on in (False, True):
+        with native_bits(on):
+            outs[on] = (np.asarray(jax.jit(both)(ks, ids)), float(jax.jit(jax.grad(grad))(0.5)))
+    np.testing.assert_array_equal(outs[True][0], outs[False][0])
+    assert outs[True][1] == outs[False][1]
+
+
+def test_vmapped_over_keys_equals_each_key_alone(bits_backend):
     ks = jax.random.split(jax.random.key(1), 3)
     ids = np.arange(4, dtype=np.uint32)
     for draw in (lambda k: keys.per_example(k, ids, _draw), lambda k: keys.normal(k, ids, (7,)),
@@ -92,7 +144,7 @@ def test_normal_and_uniform_have_the_right_distributions():
     assert scipy.stats.kstest(u.ravel(), "uniform", args=(-1, 2)).pvalue > 1e-3
 
 
-def test_other_key_implementations_supply_the_hash_key():
+def test_other_key_implementations_supply_the_hash_key(bits_backend):
     key = jax.random.key(2, impl="rbg")
     ids = np.array([5, 1, 8], np.uint32)
     k1, k2 = np.asarray(jax.random.bits(key, (2,), jnp.uint32))
@@ -122,3 +174,18 @@ def test_float64_draws_are_jax_random_draws_from_folded_keys():
             k = jax.random.fold_in(key, int(i))
             np.testing.assert_array_equal(z[r], jax.random.normal(k, (3,), jnp.float64))
             np.testing.assert_array_equal(u[r], jax.random.uniform(k, (3,), jnp.float64, -1.0, 1.0))
+
+
+def test_a_training_chunk_is_the_same_with_native_bits():
+    """The toy run's chunk (data, latents and instance noise drawn on device with keys.bits):
+    the same state, bit for bit, with XLA's bits and with the native ones."""
+    from jaxgan import runner
+    from tests.helpers import tiny_run, trees_equal
+
+    run = tiny_run(instance_noise=0.1)
+    out = {}
+    for on in (False, True):
+        with native_bits(on):
+            chunk = jax.jit(lambda s: runner.train_chunk(run.gan, run.source, s, run.config.batch_size, 3))
+            out[on] = jax.block_until_ready(chunk(run.init_state()))
+    assert trees_equal(out[True], out[False])

@@ -21,14 +21,9 @@ The compiled library is cached under ``$JAXGAN_CACHE_DIR`` (default
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import glob
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -36,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxgan import native
 
 Array = jax.Array
 
@@ -70,49 +67,17 @@ def _root() -> Path:
     return root
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("JAXGAN_CACHE_DIR")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxgan"
-
-
 def build() -> Path:
     """Compile ``csrc/onednn_conv.cc`` into the cache (once per source, jaxlib and oneDNN) and
     return the shared library's path. Raises :class:`OneDNNUnavailable` with the reason."""
-    if not sys.platform.startswith("linux"):
-        raise OneDNNUnavailable(f"the oneDNN convolutions are built for Linux only, not {sys.platform}")
     root = _root()
-    include = jax.ffi.include_dir()
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        raise OneDNNUnavailable("no C++ compiler found (c++ / g++ on PATH, or $CXX) to build the oneDNN convolutions")
-    import jaxlib
-
-    key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), jaxlib.__version__.encode(), str(root.resolve()).encode(), cxx.encode()])
-    ).hexdigest()[:16]
-    out = _cache_dir() / f"onednn_conv-{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build into a temporary file in the same directory, then rename: concurrent builders (test
-    # workers) never load a half-written library.
-    fd, tmp = tempfile.mkstemp(prefix=".onednn_conv-", suffix=".so", dir=out.parent)
-    os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}", f"-I{root / 'include'}", str(SOURCE),
-           "-o", tmp, f"-L{root / 'lib'}", "-ldnnl", f"-Wl,-rpath,{root / 'lib'}"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise OneDNNUnavailable(
-                f"building the oneDNN convolutions failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}"
-            )
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+        return native.compile_library(
+            SOURCE, what="the oneDNN convolutions",
+            extra=[f"-I{root / 'include'}", f"-L{root / 'lib'}", "-ldnnl", f"-Wl,-rpath,{root / 'lib'}"],
+        )
+    except native.BuildError as e:
+        raise OneDNNUnavailable(str(e)) from e
 
 
 def load() -> None:
@@ -124,10 +89,7 @@ def load() -> None:
         if _state["error"] is not None:
             raise OneDNNUnavailable(_state["error"])
         try:
-            path = build()
-            lib = ctypes.CDLL(str(path))
-            for target, symbol in TARGETS.items():
-                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+            lib = native.register(build(), TARGETS)
         except (OneDNNUnavailable, OSError, AttributeError) as e:
             _state["error"] = str(e)
             raise OneDNNUnavailable(str(e)) from e
