@@ -19,9 +19,10 @@ Slow paths of XLA's CPU backend (jax/jaxlib 0.10), measured on this project's 2-
   (tested against JAX's own lowering and the Random123 known answers).
 
 Even unrolled, XLA's loop fusion evaluates the hash once for each of its two output words:
-:func:`use_native_bits` computes :func:`jaxgan.keys.bits` (the latents, instance noise and
-synthetic data of every update) with a C++ FFI handler instead, each hash once, vectorised and
-split over XLA's intra-op threads: the same bits, 0.043 instead of 0.13 ms for a 512 x 256 draw.
+:func:`use_native_random` computes :func:`jaxgan.keys.bits` and :func:`jaxgan.keys.normal` (the
+latents, instance noise and synthetic data of every update) with C++ FFI handlers instead, each
+hash once, vectorised and split over XLA's intra-op threads: the same bits, 0.043 instead of
+0.13 ms for a 512 x 256 draw; normals equal to XLA's to a few float32 ulps.
 
 Another, the convolutions: XLA's CPU kernels (Eigen) run DCGAN's strided convolutions and their
 weight gradients at 150-195 GFLOP/s here, oneDNN's at 215-240. :func:`use_onednn` sends 2-D
@@ -32,7 +33,7 @@ an optional dependency, ``pip install "jaxgan[onednn]"``).
 same on CPU call :func:`tune` before their first JAX computation, or pass
 ``compiler_options=jaxgan.cpu.COMPILER_OPTIONS`` to ``jax.jit`` and call :func:`unroll_threefry`.
 Nothing here changes GPU or TPU programs (the options are CPU-only; the lowering is registered for
-the ``cpu`` platform; the native bits and the oneDNN convolutions are picked by
+the ``cpu`` platform; the native draws and the oneDNN convolutions are picked by
 ``lax.platform_dependent``).
 """
 
@@ -130,44 +131,48 @@ def use_onednn(on: bool = True) -> bool:
     return onednn.enable(on)
 
 
-_native_bits: dict = {"lib": None, "error": None, "enabled": False}
-NATIVE_BITS_SOURCE = Path(__file__).with_name("csrc") / "threefry_rows.cc"
-NATIVE_BITS_TARGET = "jaxgan_threefry_rows"
+_native: dict = {"lib": None, "error": None, "enabled": False}
+NATIVE_SOURCE = Path(__file__).with_name("csrc") / "threefry_rows.cc"
+# FFI target name -> exported handler symbol
+NATIVE_TARGETS = {"jaxgan_threefry_rows": "JaxganThreefryRows", "jaxgan_threefry_normal": "JaxganThreefryNormal"}
 
 
-def use_native_bits(on: bool = True) -> bool:
-    """Compute :func:`jaxgan.keys.bits` (the latents, noise and synthetic data of every update)
-    in CPU programs traced from now on with a C++ FFI handler (``csrc/threefry_rows.cc``, built
-    with the machine's C++ compiler on first use): the same bits, each Threefry hash evaluated once
-    where XLA's fusion evaluates it once per output word. Returns whether it is on; if it cannot be
-    built, :func:`native_bits_unavailable_reason` says why and XLA computes the bits."""
-    if on and _native_bits["lib"] is None and _native_bits["error"] is None:
+def use_native_random(on: bool = True) -> bool:
+    """Compute :func:`jaxgan.keys.bits` and :func:`jaxgan.keys.normal` (the latents, noise and
+    synthetic data of every update) in CPU programs traced from now on with C++ FFI handlers
+    (``csrc/threefry_rows.cc``, built with the machine's C++ compiler on first use). The bits are
+    the same, each Threefry hash evaluated once where XLA's fusion evaluates it once per output
+    word; the normals are the same transform of them, equal to XLA's to a few float32 ulps (its
+    own logarithm). Returns whether it is on; if it cannot be built,
+    :func:`native_random_unavailable_reason` says why and XLA computes the draws."""
+    if on and _native["lib"] is None and _native["error"] is None:
         from jaxgan import native
 
         try:
-            path = native.compile_library(NATIVE_BITS_SOURCE, what="the native random bits", extra=["-O3"])
-            _native_bits["lib"] = native.register(path, {NATIVE_BITS_TARGET: "JaxganThreefryRows"})
+            path = native.compile_library(NATIVE_SOURCE, what="the native random draws",
+                                          extra=["-O3", "-fno-math-errno", "-fno-trapping-math"])
+            _native["lib"] = native.register(path, NATIVE_TARGETS)
         except (native.BuildError, OSError, AttributeError) as e:
-            _native_bits["error"] = str(e)
-    _native_bits["enabled"] = bool(on) and _native_bits["lib"] is not None
-    return _native_bits["enabled"]
+            _native["error"] = str(e)
+    _native["enabled"] = bool(on) and _native["lib"] is not None
+    return _native["enabled"]
 
 
-def native_bits() -> bool:
-    """Whether :func:`jaxgan.keys.bits` traced now uses the native handler on the CPU."""
-    return _native_bits["enabled"]
+def native_random() -> bool:
+    """Whether :mod:`jaxgan.keys` draws traced now use the native handlers on the CPU."""
+    return _native["enabled"]
 
 
-def native_bits_unavailable_reason() -> str | None:
-    """Why :func:`use_native_bits` could not turn the handler on (None if it could or was not asked)."""
-    return _native_bits["error"]
+def native_random_unavailable_reason() -> str | None:
+    """Why :func:`use_native_random` could not turn the handlers on (None if it could or was not asked)."""
+    return _native["error"]
 
 
 def tune(*, warn: bool = True, onednn: bool = True) -> bool:
-    """:func:`set_xla_flags`, :func:`unroll_threefry`, :func:`use_native_bits` and (``onednn``, when
-    available) :func:`use_onednn`; returns whether the flags took effect."""
+    """:func:`set_xla_flags`, :func:`unroll_threefry`, :func:`use_native_random` and (``onednn``,
+    when available) :func:`use_onednn`; returns whether the flags took effect."""
     unroll_threefry()
-    use_native_bits()
+    use_native_random()
     if onednn:
         use_onednn()
     return set_xla_flags(warn=warn)

@@ -14,10 +14,11 @@ the key and their global example ids, on any number of devices.
   CPU, toy GAN, 512 x 256 latents per update) 312 -> 321 training steps/s, the speed with a
   single ``jax.random.normal(key, (512, 256))`` draw instead (320).
 
-On the CPU, after :func:`jaxgan.cpu.use_native_bits` (``jaxgan.cpu.tune`` calls it), :func:`bits`
-is computed by a C++ FFI handler that evaluates each hash once for both its output words (XLA's
-loop fusion evaluates it once per word): the same bits, 0.043 instead of 0.13 ms for a 512 x 256
-latent draw's (the whole normal draw 0.22 instead of 0.28-0.32 ms; 2-core CPU with AVX-512).
+On the CPU, after :func:`jaxgan.cpu.use_native_random` (``jaxgan.cpu.tune`` calls it),
+:func:`bits` and :func:`normal` are computed by C++ FFI handlers that evaluate each hash once for
+both its output words (XLA's loop fusion evaluates it once per word): the same bits, 0.043
+instead of 0.13 ms for a 512 x 256 latent draw's, and normals equal to XLA's to a few float32
+ulps (the handler's own logarithm in the inverse CDF).
 """
 
 from __future__ import annotations
@@ -51,26 +52,31 @@ def bits(key: Array, ids: Array, shape: Sequence[int]) -> Array:
     ``jax.random.bits(key, (2,), uint32)``."""
     shape = tuple(int(s) for s in shape)
     ids = jnp.asarray(ids).astype(jnp.uint32)
+    n = math.prod(shape)
+    return _draw("jaxgan_threefry_rows", jnp.uint32, key, ids, n, lambda d, i: _hash_rows(d, i, n)).reshape(
+        ids.shape[0], *shape)
+
+
+def _hash_rows(data: Array, ids: Array, n: int) -> Array:
+    """:func:`bits`' ``[len(ids), n]`` words from the hash key's ``data`` (``[2]`` uint32), by XLA."""
+    half = (n + 1) // 2
+    rows, cols = jnp.broadcast_arrays(ids[:, None], jnp.arange(half, dtype=jnp.uint32)[None, :])
+    k1, k2 = (jnp.broadcast_to(data[..., i], rows.shape) for i in range(2))
+    a, b = threefry2x32_p.bind(k1, k2, rows, cols)
+    return jnp.concatenate([a, b], axis=1)[:, :n]
+
+
+def _draw(target: str, dtype, key: Array, ids: Array, n: int, xla: Callable[[Array, Array], Array]) -> Array:
+    """``[len(ids), n]`` values of ``dtype`` from the hash key's data and the ids: the native
+    handler ``target`` on the CPU when :func:`jaxgan.cpu.native_random` is on, else ``xla(data, ids)``."""
     if str(jax.random.key_impl(key)) == "threefry2x32":
         data = jax.random.key_data(key)
     else:
         data = jax.random.bits(key, (2,), jnp.uint32)
-    n = math.prod(shape)
-
-    def xla(data, ids):
-        half = (n + 1) // 2
-        rows, cols = jnp.broadcast_arrays(ids[:, None], jnp.arange(half, dtype=jnp.uint32)[None, :])
-        k1, k2 = (jnp.broadcast_to(data[..., i], rows.shape) for i in range(2))
-        a, b = threefry2x32_p.bind(k1, k2, rows, cols)
-        return jnp.concatenate([a, b], axis=1)[:, :n]
-
-    if cpu.native_bits() and ids.ndim == 1 and ids.shape[0] * n > 0:
-        native = jax.ffi.ffi_call(cpu.NATIVE_BITS_TARGET, jax.ShapeDtypeStruct((ids.shape[0], n), jnp.uint32),
-                                  vmap_method="broadcast_all")
-        flat = jax.lax.platform_dependent(data, ids, cpu=native, default=xla)
-    else:
-        flat = xla(data, ids)
-    return flat.reshape(ids.shape[0], *shape)
+    if not (cpu.native_random() and ids.ndim == 1 and ids.shape[0] * n > 0):
+        return xla(data, ids)
+    native = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((ids.shape[0], n), dtype), vmap_method="broadcast_all")
+    return jax.lax.platform_dependent(data, ids, cpu=native, default=xla)
 
 
 def _unit_interval(b: Array) -> Array:
@@ -104,6 +110,14 @@ def normal(key: Array, ids: Array, shape: Sequence[int], dtype=None) -> Array:
     dtype = _float_dtype(dtype)
     if dtype == np.float64:
         return per_example(key, ids, lambda k: jax.random.normal(k, tuple(shape), dtype))
+    shape = tuple(int(s) for s in shape)
+    ids = jnp.asarray(ids).astype(jnp.uint32)
+    n = math.prod(shape)
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
-    u = uniform(key, ids, shape, lo, 1.0, np.float32)
-    return (np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)).astype(dtype)
+
+    def xla(data, ids):
+        u = jnp.maximum(lo, _unit_interval(_hash_rows(data, ids, n)) * (np.float32(1.0) - lo) + lo)
+        return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
+
+    z = _draw("jaxgan_threefry_normal", jnp.float32, key, ids, n, xla)
+    return z.reshape(ids.shape[0], *shape).astype(dtype)

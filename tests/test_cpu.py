@@ -97,10 +97,10 @@ def test_set_xla_flags_after_jax_started_warns_and_changes_nothing(monkeypatch):
 
 
 def test_native_bits_that_cannot_be_built_say_why_and_stay_off(monkeypatch, tmp_path):
-    monkeypatch.setattr(cpu, "_native_bits", {"lib": None, "error": None, "enabled": False})
+    monkeypatch.setattr(cpu, "_native", {"lib": None, "error": None, "enabled": False})
     monkeypatch.setenv("JAXGAN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a compiler that always fails
-    assert not cpu.use_native_bits()
-    assert not cpu.native_bits()
-    assert "building the native random bits failed (false " in cpu.native_bits_unavailable_reason()
+    assert not cpu.use_native_random()
+    assert not cpu.native_random()
+    assert "building the native random draws failed (false " in cpu.native_random_unavailable_reason()
     assert not list(tmp_path.iterdir())  # no half-written library left in the cache
