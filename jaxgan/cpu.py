@@ -1,4 +1,5 @@
-"""XLA CPU settings that make GAN training steps faster without changing what they compute.
+"""XLA CPU settings that make GAN training steps faster without changing what they compute
+(beyond float rounding: the oneDNN convolutions and the native normal draws round differently).
 
 Slow paths of XLA's CPU backend (jax/jaxlib 0.10), measured on this project's 2-core CPU
 (``benchmarks/README.md``, "CPU settings"):
