@@ -41,6 +41,7 @@ the ``cpu`` platform; the native draws and the oneDNN convolutions are picked by
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def use_onednn(on: bool = True) -> bool:
 
 
 _native: dict = {"lib": None, "error": None, "enabled": False}
+_native_lock = threading.Lock()
 NATIVE_SOURCE = Path(__file__).with_name("csrc") / "threefry_rows.cc"
 # FFI target name -> exported handler symbol
 NATIVE_TARGETS = {"jaxgan_threefry_rows": "JaxganThreefryRows", "jaxgan_threefry_normal": "JaxganThreefryNormal"}
@@ -146,15 +148,16 @@ def use_native_random(on: bool = True) -> bool:
     word; the normals are the same transform of them, equal to XLA's to a few float32 ulps (its
     own logarithm). Returns whether it is on; if it cannot be built,
     :func:`native_random_unavailable_reason` says why and XLA computes the draws."""
-    if on and _native["lib"] is None and _native["error"] is None:
-        from jaxgan import native
+    with _native_lock:
+        if on and _native["lib"] is None and _native["error"] is None:
+            from jaxgan import native
 
-        try:
-            path = native.compile_library(NATIVE_SOURCE, what="the native random draws",
-                                          extra=["-O3", "-fno-math-errno", "-fno-trapping-math"])
-            _native["lib"] = native.register(path, NATIVE_TARGETS)
-        except (native.BuildError, OSError, AttributeError) as e:
-            _native["error"] = str(e)
+            try:
+                path = native.compile_library(NATIVE_SOURCE, what="the native random draws",
+                                              extra=["-O3", "-fno-math-errno", "-fno-trapping-math"])
+                _native["lib"] = native.register(path, NATIVE_TARGETS)
+            except (native.BuildError, OSError, AttributeError) as e:
+                _native["error"] = str(e)
     _native["enabled"] = bool(on) and _native["lib"] is not None
     return _native["enabled"]
 

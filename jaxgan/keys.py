@@ -16,9 +16,9 @@ the key and their global example ids, on any number of devices.
 
 On the CPU, after :func:`jaxgan.cpu.use_native_random` (``jaxgan.cpu.tune`` calls it),
 :func:`bits` and :func:`normal` are computed by C++ FFI handlers that evaluate each hash once for
-both its output words (XLA's loop fusion evaluates it once per word): the same bits, 0.043
-instead of 0.13 ms for a 512 x 256 latent draw's, and normals equal to XLA's to a few float32
-ulps (the handler's own logarithm in the inverse CDF).
+both its output words (XLA's loop fusion evaluates it once per word): the same bits (0.043
+instead of 0.13 ms for those of a 512 x 256 latent draw), and normals equal to XLA's to a few
+float32 ulps (the handler's own logarithm in the inverse CDF; 0.15 instead of 0.30 ms).
 """
 
 from __future__ import annotations

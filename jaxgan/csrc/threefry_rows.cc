@@ -136,8 +136,13 @@ JAXGAN_INLINE void NormalRow(const uint32_t* bits, int64_t m, float* out) {
 // Rows [r0, r1): the bits (out is uint32), or the normals (out is float, each row's bits made
 // in scratch first). Row r is keyed by key[r / n]. target_clones compiles it for AVX-512
 // (which rotates in one instruction), for AVX2 with FMA, and for any x86-64, and picks one for
-// the CPU it runs on.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// the CPU it runs on (on x86-64; elsewhere one build for the compiler's default target).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define JAXGAN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define JAXGAN_CLONES
+#endif
+JAXGAN_CLONES
 void Rows(bool normal, const uint32_t* key, const uint32_t* ids, void* out, int64_t n, int64_t m,
           int64_t r0, int64_t r1) {
   std::unique_ptr<uint32_t[]> scratch(normal ? new uint32_t[m] : nullptr);
