@@ -12,6 +12,22 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+@pytest.fixture(autouse=True)
+def _restore_cpu_switches():
+    """An in-process ``jaxgan`` command calls ``jaxgan.cpu.tune()``, which turns on the native
+    random draws and the oneDNN convolutions for the rest of the process: put both back after each
+    test, so no test's numbers depend on which tests its worker ran before."""
+    from jaxgan import cpu
+    from jaxgan.nets import onednn
+
+    native, conv = cpu.native_random(), onednn.enabled()
+    yield
+    if cpu.native_random() != native:
+        cpu.use_native_random(native)
+    if onednn.enabled() != conv:
+        onednn.enable(conv)
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

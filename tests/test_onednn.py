@@ -160,13 +160,15 @@ def test_a_dcgan_training_chunk_is_the_same_either_way(on):
     # whatever its gradient's size, so a weight whose gradient is near zero may move by a
     # visibly different amount either way (float sums associate differently); a wrong
     # convolution would move most weights by up to twice the learning rate in the wrong
-    # direction. So: all but one in 10^4 weights within a quarter of the rate, and none further
-    # apart than two updates in opposite directions.
+    # direction. So: all but 3 in 10^3 weights within a quarter of the rate, and none further
+    # apart than two updates in opposite directions. (Seeds 0-3, with XLA's latent draws and with
+    # the native ones: at most 7.3e-4 of G's weights past a quarter, 0.00014 of D's; G's weights
+    # reach 1.97 lr apart. An earlier bound of 1e-4 held for seed 0's XLA draws only.)
     lr = config.d_lr
     for ours, xla in ((state.g.params, state_xla.g.params), (state.d.params, state_xla.d.params)):
         diff = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
                                for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True)])
-        assert np.mean(diff > lr / 4) <= 1e-4, np.sort(diff)[-10:]
+        assert np.mean(diff > lr / 4) <= 3e-3, np.sort(diff)[-10:]
         assert diff.max() <= 4 * lr
     for name in ("d_loss", "g_loss", "generator_score", "discriminator_score"):
         np.testing.assert_allclose(metrics[name], metrics_xla[name], rtol=2e-4, err_msg=name)
