@@ -96,7 +96,7 @@ def test_set_xla_flags_after_jax_started_warns_and_changes_nothing(monkeypatch):
     assert not cpu.set_xla_flags(warn=False)
 
 
-def test_native_bits_that_cannot_be_built_say_why_and_stay_off(monkeypatch, tmp_path):
+def test_native_draws_that_cannot_be_built_say_why_and_stay_off(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "_native", {"lib": None, "error": None, "enabled": False})
     monkeypatch.setenv("JAXGAN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a compiler that always fails

@@ -61,6 +61,13 @@ def _threefry_rows(key, ids, n):
     return np.stack(rows)
 
 
+def _signed_uniforms(b: np.ndarray) -> np.ndarray:
+    """The float32 uniforms in (-1, 1) that jax.random.normal (and keys.normal) make from bits."""
+    f = ((b >> 9) | np.uint32(0x3F800000)).view(np.float32) - np.float32(1)
+    lo = np.nextafter(np.float32(-1), np.float32(0))
+    return np.maximum(lo, f * (np.float32(1) - lo) + lo)
+
+
 @pytest.mark.parametrize("shape", [(6,), (5,), (2, 3, 3), (1,)])
 def test_bits_are_the_threefry_hash_of_id_and_position(shape, draw_backend):
     key = jax.random.key(11)
@@ -117,10 +124,7 @@ def test_native_normals_are_the_quantiles_of_the_same_bits():
     within 1e-6 relative of the float64 quantile of the uniforms the bits make, and within a few
     float32 ulps of XLA's draw (whose own error is larger: 5.8e-6 relative at most here)."""
     key, ids = jax.random.key(5), np.arange(512, dtype=np.uint32)
-    b = np.asarray(keys.bits(key, ids, (256,)))
-    f = ((b >> 9) | np.uint32(0x3F800000)).view(np.float32) - np.float32(1)
-    lo = np.nextafter(np.float32(-1), np.float32(0))
-    u = np.maximum(lo, f * (np.float32(1) - lo) + lo).astype(np.float64)
+    u = _signed_uniforms(np.asarray(keys.bits(key, ids, (256,)))).astype(np.float64)
     assert np.sum(np.abs(u) > 0.9966) > 100
     expected = np.sqrt(2.0) * scipy.special.erfinv(u)
     with native_random(True):
@@ -142,12 +146,8 @@ def test_vmapped_over_keys_equals_each_key_alone(draw_backend):
 
 def test_normal_is_the_normal_quantile_of_the_bits(draw_backend):
     key, ids = jax.random.key(5), np.arange(16, dtype=np.uint32)
-    b = np.asarray(keys.bits(key, ids, (33,)))
-    # the float32 uniform in (-1, 1) that jax.random.normal makes from 32 bits, then scipy's quantile
-    f = ((b >> 9) | np.uint32(0x3F800000)).view(np.float32) - np.float32(1)
-    lo = np.nextafter(np.float32(-1), np.float32(0))
-    u = np.maximum(lo, f * (np.float32(1) - lo) + lo)
-    expected = scipy.special.ndtri((u.astype(np.float64) + 1) / 2)
+    u = _signed_uniforms(np.asarray(keys.bits(key, ids, (33,))))
+    expected = scipy.special.ndtri((u.astype(np.float64) + 1) / 2)  # scipy's quantile
     np.testing.assert_allclose(np.asarray(keys.normal(key, ids, (33,))), expected, rtol=1e-5, atol=2e-6)
 
 
