@@ -8,8 +8,9 @@ measures, interleaving the three so that machine load hits them alike:
   ``GAN.train_step`` scanned over rounds, data drawn on device, every metric computed);
 * ``fused``: one hand-written jitted function doing the same model's round (same flax modules,
   same data and latent draws, G forward in the D update, fresh latents in the G update, Adam)
-  with nothing else, scanned over the same number of rounds: the library's overhead is jaxgan
-  vs this;
+  with nothing else, scanned over the same number of rounds with the same loop (``unroll``
+  rounds per iteration, :data:`jaxgan.runner.UNROLL`): the library's overhead is jaxgan vs
+  this;
 * ``torch``: :mod:`torch_dcgan` (PyTorch eager, same work per step), if torch is installed.
 
 jaxgan and the fused step run with ``jaxgan.cpu.tune()`` as ``jaxgan train`` does: with oneDNN
@@ -43,7 +44,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jaxgan import bench, configs, cpu, keys, loop
+from jaxgan import bench, configs, cpu, keys, loop, runner
 from jaxgan.nets import onednn
 from jaxgan.runner import round_batches
 
@@ -103,7 +104,7 @@ def fused_chunk(run: loop.Run, rounds: int):
         return (gp, gs, go, dp, ds_new, do, rng), {"d_loss": ld, "g_loss": lg}
 
     def chunk(carry, first):
-        return jax.lax.scan(one_round, carry, first + jnp.arange(rounds))
+        return jax.lax.scan(one_round, carry, first + jnp.arange(rounds), unroll=runner.UNROLL)
 
     return jax.jit(chunk, donate_argnums=0)
 
@@ -169,7 +170,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     t0 = time.perf_counter()
     fused = fused_fn.lower(carry, 0).compile()
     fused_compile = time.perf_counter() - t0
-    fused_flops = bench.xla_flops(fused, lambda: fused_chunk(run, rounds).lower(carry, 0).compile())
+    fused_flops = bench.one_round_flops(lambda: fused_chunk(run, 1).lower(carry, 0).compile())
 
     peer, torch_version = torch_peer(config, threads)
 
@@ -218,6 +219,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
         "compile_s": {"jaxgan": round(lib_compile, 2), "fused": round(fused_compile, 2)},
         "samples": {k: len(v) for k, v in times.items()},
         "rounds_per_chunk": rounds,
+        "rounds_per_loop_iteration": runner.UNROLL,
         "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "jax": jax.__version__,
@@ -243,7 +245,13 @@ def main(argv=None) -> int:
                    help="leave XLA's CPU defaults (YNNPACK dots, rolled threefry) instead of jaxgan.cpu.tune()")
     p.add_argument("--xla-convolutions", action="store_true",
                    help="jaxgan.cpu.tune() without the oneDNN convolutions (XLA's own kernels)")
+    p.add_argument("--unroll", type=int, default=None,
+                   help=f"rounds per loop iteration of both chunks (default jaxgan.runner.UNROLL = {runner.UNROLL})")
     a = p.parse_args(argv)
+    if a.unroll is not None:
+        if a.unroll < 1:
+            p.error(f"--unroll must be >= 1 (got {a.unroll})")
+        runner.UNROLL = a.unroll
     if not a.no_cpu_tuning:
         cpu.tune(onednn=not a.xla_convolutions)  # what `jaxgan train` runs with
     if not a.xla_convolutions and not onednn.enabled() and onednn.unavailable_reason():

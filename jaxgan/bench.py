@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxgan import runner
 from jaxgan.configs import Config
 from jaxgan.data.host import HostSource
 from jaxgan.nets import onednn
@@ -47,8 +48,10 @@ def machine() -> dict[str, Any]:
 def compiled_flops(compiled) -> float | None:
     """FLOPs of one call of a compiled function (XLA's cost analysis), or None if unavailable.
 
-    XLA counts a while-loop body once whatever its trip count (checked here: a chunk of 1, 2
-    or 8 rounds reports the same count), so for a compiled chunk this is the FLOPs of one round.
+    XLA counts a while-loop body once whatever its trip count (checked here: at one round per
+    loop iteration, a chunk of 1, 2 or 8 rounds reports the same count), so for a compiled
+    chunk this is the FLOPs of its loop body (``jaxgan.runner.UNROLL`` rounds) plus whatever
+    runs outside the loop; :func:`chunk_flops` counts one round.
     """
     try:
         cost = compiled.cost_analysis()
@@ -61,25 +64,28 @@ def compiled_flops(compiled) -> float | None:
     return float(cost["flops"])
 
 
-def xla_flops(compiled, compile_again) -> float | None:
-    """:func:`compiled_flops` of ``compiled``, counted with XLA's convolutions. The oneDNN
-    convolutions are custom calls XLA's cost analysis does not see into, so while they are on
-    the count comes from ``compile_again()`` (the same program, compiled again) traced with
-    them off: the same arithmetic."""
-    if not onednn.enabled():
-        return compiled_flops(compiled)
+def one_round_flops(compile_one_round) -> float | None:
+    """:func:`compiled_flops` of ``compile_one_round()``, a program that runs one training round,
+    traced with XLA's convolutions: the oneDNN convolutions are custom calls XLA's cost analysis
+    does not see into (the count of a longer chunk mixes its loop body, which holds
+    ``jaxgan.runner.UNROLL`` rounds, with the rounds left outside the loop)."""
     with onednn.disabled():
-        return compiled_flops(compile_again())
+        return compiled_flops(compile_one_round())
 
 
 def chunk_flops(config: Config, rounds: int, compiled) -> float | None:
-    """:func:`xla_flops` of ``compiled``, the chunk :func:`library_chunk` makes for ``config``."""
+    """FLOPs of one training round of ``config``: from ``compiled`` (the chunk
+    :func:`library_chunk` makes for ``config``) when it has XLA's own convolutions and one
+    round or one round per loop iteration, else from a one-round chunk compiled for the
+    purpose."""
 
-    def compile_again():
-        _run, fn, args, _plan = library_chunk(config, rounds)
+    def one_round():
+        _run, fn, args, _plan = library_chunk(config, 1)
         return fn.lower(*args).compile()
 
-    return xla_flops(compiled, compile_again)
+    if (rounds == 1 or runner.UNROLL == 1) and not onednn.enabled():
+        return compiled_flops(compiled)
+    return one_round_flops(one_round)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:

@@ -19,6 +19,16 @@ from jaxgan.gan import GAN, GANState
 Array = jax.Array
 _DATA = 100  # fold_in tag of the data stream, apart from the GAN's own streams
 
+UNROLL = 1
+"""Rounds per iteration of a chunk's loop (``jax.lax.scan``'s ``unroll``), read when a chunk is
+traced; the chunk functions take ``unroll=`` to override it. One by default: on the 2-core CPU,
+two rounds per iteration (one round's tail, its last optimizer step and metrics, running beside
+the next one's head, its latent draws) made the toy GAN's chunk ~2% faster (a hand-fused chunk
+~4%) and DCGAN-32's ~4%, cost 0.6 s (toy) to 2.8 s (DCGAN-32) more compile time per chunk
+length, and gave up the bitwise equality of a chunk and its rounds one by one
+(``benchmarks/README.md``, "Rounds per loop iteration"). Where a loop iteration costs more (a
+GPU launches its kernels per iteration), measure with ``benchmarks/loop_unroll.py``."""
+
 
 def round_batches(gan: GAN, source, state: GANState, local_batch: int) -> Array:
     """This device's real data for the round ``state.step``: ``[d_steps, local_batch, ...]``."""
@@ -28,11 +38,11 @@ def round_batches(gan: GAN, source, state: GANState, local_batch: int) -> Array:
     return jax.vmap(lambda j: source.sample_ids(jax.random.fold_in(key, j), ids))(draws)
 
 
-def _scan_rounds(step, carry, xs, length: int | None = None):
+def _scan_rounds(step, carry, xs, length: int | None = None, unroll: int | None = None):
     """``jax.lax.scan`` of ``step: (carry, x) -> (carry, metrics)`` with the round's scalar
     float32 metrics written as one vector per round instead of one array each (a dozen
-    scalar writes per round were a dozen more kernels on CPU). Returns ``(carry, {name:
-    [rounds]})`` as the plain scan would."""
+    scalar writes per round were a dozen more kernels on CPU), ``unroll`` rounds per loop
+    iteration (default :data:`UNROLL`). Returns ``(carry, {name: [rounds]})`` as the plain scan would."""
     names: list[str] = []
 
     def body(c, x):
@@ -43,13 +53,17 @@ def _scan_rounds(step, carry, xs, length: int | None = None):
         vector = jnp.stack(list(packed.values())) if packed else jnp.zeros((0,), jnp.float32)
         return c, (vector, rest)
 
-    carry, (vectors, rest) = jax.lax.scan(body, carry, xs, length=length)
+    unroll = UNROLL if unroll is None else unroll
+    carry, (vectors, rest) = jax.lax.scan(body, carry, xs, length=length, unroll=unroll)
     return carry, {**{k: vectors[:, i] for i, k in enumerate(names)}, **rest}
 
 
-def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int):
+def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int, unroll: int | None = None):
     """``rounds`` training rounds with on-device data: ``(state, metrics [rounds])``. Pure;
-    the caller jits it with ``rounds`` (and ``local_batch``) static.
+    the caller jits it with ``rounds`` (and ``local_batch``) static. ``unroll``: rounds per
+    loop iteration (default :data:`UNROLL`). With ``unroll=1`` the chunk's numbers are bitwise
+    those of ``gan.train_step`` called round by round; unrolled, XLA fuses across rounds and
+    they agree to float rounding (an ulp or two; a long run's trajectory then parts by chaos).
 
     Each round draws the next round's batch and carries it: a value carried by the loop is
     computed once, whereas a batch drawn inside the round is fused by XLA into each of its
@@ -62,17 +76,17 @@ def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int
         return (s, round_batches(gan, source, s, local_batch)), metrics
 
     first = round_batches(gan, source, state, local_batch)
-    (state, _), metrics = _scan_rounds(step, (state, first), None, length=rounds)
+    (state, _), metrics = _scan_rounds(step, (state, first), None, length=rounds, unroll=unroll)
     return state, metrics
 
 
-def train_chunk_fed(gan: GAN, state: GANState, batches: Array, transform=None):
+def train_chunk_fed(gan: GAN, state: GANState, batches: Array, transform=None, unroll: int | None = None):
     """Training rounds on host-fed data: ``batches: [rounds, d_steps, B, ...]`` is this device's
     real data (:mod:`jaxgan.data.host`), ``transform`` maps its storage dtype to what the GAN
     trains on (e.g. uint8 pixels to [-1, 1]). Returns ``(state, metrics [rounds])``. Pure; the
-    caller jits it."""
+    caller jits it. ``unroll`` as in :func:`train_chunk`."""
 
     def step(s, batch):
         return gan.train_step(s, batch if transform is None else transform(batch))
 
-    return _scan_rounds(step, state, batches)
+    return _scan_rounds(step, state, batches, unroll=unroll)

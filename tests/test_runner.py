@@ -6,35 +6,49 @@ import jax
 import numpy as np
 import pytest
 
+from jaxgan import runner
 from jaxgan.runner import round_batches, train_chunk, train_chunk_fed
 from tests.helpers import host_leaves, tiny_run
 
 
-def assert_same(a, b):
+def assert_same(a, b, unroll=1):
+    """Bitwise equal for a chunk of one round per loop iteration; unrolled, XLA fuses across
+    rounds, which may move a value by an ulp or two."""
     for x, y in zip(host_leaves(a), host_leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+        if unroll == 1 or not np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("d_steps", [1, 2])
-def test_a_chunk_is_its_rounds_one_by_one(d_steps):
+def assert_values(actual, expected, unroll, name):
+    if unroll == 1:
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("d_steps,unroll", [(1, 1), (2, 2)])
+def test_a_chunk_is_its_rounds_one_by_one(d_steps, unroll):
     """Round t of a chunk trains on round t's batch (the chunk draws each round's batch one
     round ahead and carries it) and its metrics land under their own names (they travel as
-    one packed vector per round)."""
+    one packed vector per round), however many rounds one loop iteration runs (5 rounds at 2
+    per iteration leave one outside the loop)."""
     run = tiny_run(d_steps=d_steps)
-    gan, source, rounds = run.gan, run.source, 4
+    gan, source, rounds = run.gan, run.source, 5
     state = run.init_state()
-    chunk_state, metrics = jax.jit(lambda s: train_chunk(gan, source, s, 16, rounds))(state)
+    chunk_state, metrics = jax.jit(lambda s: train_chunk(gan, source, s, 16, rounds, unroll=unroll))(state)
 
     step = jax.jit(lambda s: gan.train_step(s, round_batches(gan, source, s, 16)))
     s, expected = state, []
     for _ in range(rounds):
         s, m = step(s)
         expected.append(m)
-    assert_same(chunk_state, s)
+    assert_same(chunk_state, s, unroll)
     assert set(metrics) == set(expected[0]) and len(metrics) > 10
     for name, values in metrics.items():
         assert values.shape == (rounds,)
-        np.testing.assert_array_equal(np.asarray(values), [float(m[name]) for m in expected], err_msg=name)
+        assert_values(np.asarray(values), [float(m[name]) for m in expected], unroll, name)
     assert len({float(metrics["d_loss"][0]), float(metrics["g_loss"][0]), float(metrics["generator_score"][0])}) == 3
 
 
@@ -49,3 +63,26 @@ def test_a_fed_chunk_is_its_rounds_one_by_one():
         for name in m:
             assert float(metrics[name][t]) == float(m[name]), name
     assert_same(chunk_state, s)
+
+
+def test_the_benchmark_counts_the_flops_of_one_round(monkeypatch):
+    """XLA's count for a chunk is its loop body's (``UNROLL`` rounds) plus what runs outside the
+    loop, not one round's; ``bench.chunk_flops`` counts one round whatever the chunk. A
+    two-round chunk at two rounds per iteration is straight-line code: XLA counts both rounds,
+    twice the one-round chunk's count."""
+    from jaxgan import bench, configs
+    from tests.helpers import TINY
+
+    monkeypatch.setattr(runner, "UNROLL", 2)  # as `benchmarks/throughput.py --unroll 2` sets it
+    config = configs.apply_overrides(configs.preset("ring8"), TINY)
+
+    def compiled(rounds):
+        _run, fn, args, _plan = bench.library_chunk(config, rounds)
+        return fn.lower(*args).compile()
+
+    first = compiled(1)
+    one = bench.compiled_flops(first)
+    assert one and bench.chunk_flops(config, 1, first) == one
+    two = compiled(2)
+    assert 1.8 * one < bench.compiled_flops(two) < 2.2 * one
+    assert bench.chunk_flops(config, 2, two) == one
