@@ -4,10 +4,32 @@ Multi-device tests start subprocesses with XLA_FLAGS set before JAX starts
 (see tests/helpers.py); this session itself sees one CPU device.
 """
 
+import atexit
 import contextlib
+import os
+import shutil
+import tempfile
 
-import jax
-import pytest
+
+def _share_compilations() -> None:
+    """One XLA compilation cache for the whole session: many tests (and the subprocesses they
+    start, which inherit the environment, as xdist's workers do) compile the same programs. The
+    cache is keyed by the program, the compile options and XLA_FLAGS, so a hit is the executable
+    the compile would have produced. It lives in a new directory removed at the end of the
+    session (a clean run compiles everything once); a JAX_COMPILATION_CACHE_DIR already set is
+    used as it is. Set before JAX starts."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="jaxgan-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
+_share_compilations()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
