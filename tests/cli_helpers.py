@@ -1,8 +1,8 @@
 """Run ``python -m jaxgan`` in subprocesses for end-to-end tests (resume, signals, bad input).
 
-Every subprocess shares one persistent XLA compilation cache, so the second process that
-compiles the same chunk loads it instead of compiling again (it runs the same executable; the
-cache changes no number).
+Every subprocess uses the session's XLA compilation cache (tests/conftest.py), so the second
+process that compiles the same chunk loads it instead of compiling again (it runs the same
+executable; the cache changes no number). Here every compile is kept, however short.
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 from jaxgan import rundir
-
-CACHE = os.path.join(tempfile.gettempdir(), f"jaxgan-test-xla-cache-{os.getuid()}")
 
 # A small, fast toy run: chunks of 10 rounds, a checkpoint every 20.
 FAST = ["batch_size=64", "g_hidden=32,32", "d_hidden=32,32", "latent_dim=16", "log_every=10",
@@ -26,7 +23,6 @@ def env(**extra: str) -> dict[str, str]:
     out = dict(os.environ)
     out.update(
         JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=CACHE,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         PYTHONUNBUFFERED="1",
