@@ -3,9 +3,10 @@ values (``jaxgan.runner.UNROLL``, ``jax.lax.scan``'s ``unroll``), all in one pro
 chunk by chunk (the order reversed every other repeat) so that the machine's state hits them
 alike; separate invocations of ``throughput.py --unroll N`` drift by more than the effect here.
 
-It prints one JSON line per preset: steps/s of each chunk, and the medians and quartiles of the
-paired time ratios (each unrolled chunk over the one-round-per-iteration chunk of the same
-repeat, and each library chunk over the fused chunk of its ``unroll``), plus compile times.
+It prints one JSON line per preset: steps/s of each chunk, and the medians (with quartiles and
+the median's 95% interval, :func:`jaxgan.bench.ratio_summary`) of the paired time ratios (each
+unrolled chunk over the one-round-per-iteration chunk of the same repeat, and each library chunk
+over the fused chunk of its ``unroll``), plus compile times.
 Run from the repository root::
 
     python benchmarks/loop_unroll.py --preset ring8 --repeats 60
@@ -60,8 +61,7 @@ def compare(preset: str, rounds: int, repeats: int, unrolls: list[int]) -> dict:
     t = {k: np.array(v) for k, v in times.items()}
 
     def ratio(a, b):
-        r = t[a] / t[b]
-        return {q: round(float(np.percentile(r, p)), 4) for q, p in (("q25", 25), ("median", 50), ("q75", 75))}
+        return bench.ratio_summary(t[a] / t[b])
 
     base = unrolls[0]
     return {

@@ -20,8 +20,9 @@ installed (``pip install ".[onednn]"``) their 2-D convolutions are oneDNN's
 It prints one JSON line per preset (steps/s of each, the ratios, XLA's FLOPs per step and the
 achieved GFLOP/s against a matmul peak measured in the same run, compile time, versions) and a
 table. The library's overhead is given two ways: from the median chunk times, and as the median
-(and quartiles) of each library chunk's time over the fused chunk run right after it, which
-drift in the machine's speed during the run does not move. Run from the repository root::
+(with quartiles and the median's 95% interval) of each library chunk's time over the fused
+chunk run beside it (the pair's order alternates), which drift in the machine's speed during the
+run does not move. Run from the repository root::
 
     python benchmarks/throughput.py                     # all three presets
     python benchmarks/throughput.py --preset dcgan32 --repeats 5
@@ -183,16 +184,26 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     jax.block_until_ready(m)
     if peer is not None:
         peer.time_steps(1, warmup=1)
+    def run_lib():
+        nonlocal lib_state
+        lib_state, m = lib(lib_state)
+        jax.block_until_ready(m)
+
+    def run_fused(first):
+        nonlocal carry
+        carry, m = fused(carry, first)
+        jax.block_until_ready(m)
+
     for r in range(repeats):
-        for c in range(chunks):  # alternate the two jitted chunks so that load hits both alike
-            t0 = time.perf_counter()
-            lib_state, m = lib(lib_state)
-            jax.block_until_ready(m)
-            times["jaxgan"].append((time.perf_counter() - t0) / rounds)
-            t0 = time.perf_counter()
-            carry, m = fused(carry, (r * chunks + c + 1) * rounds)
-            jax.block_until_ready(m)
-            times["fused"].append((time.perf_counter() - t0) / rounds)
+        for c in range(chunks):
+            # The two jitted chunks run in pairs, each pair in the other order than the last, so
+            # that load, and whatever the PyTorch steps leave behind, hit both alike.
+            i = r * chunks + c
+            pair = (("jaxgan", run_lib), ("fused", functools.partial(run_fused, (i + 1) * rounds)))
+            for who, fn in pair if i % 2 == 0 else pair[::-1]:
+                t0 = time.perf_counter()
+                fn()
+                times[who].append((time.perf_counter() - t0) / rounds)
         if peer is not None:
             times["torch"] += peer.time_steps(max(1, min(rounds, 10)) * chunks, warmup=0)
     rate = {k: 1.0 / float(np.median(v)) for k, v in times.items() if v}
@@ -207,11 +218,9 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
         "steps_per_s": {k: round(v, 3) for k, v in rate.items()},
         "jaxgan_over_torch": round(rate["jaxgan"] / rate["torch"], 3) if "torch" in rate else None,
         "library_overhead_pct": round(100.0 * (rate["fused"] / rate["jaxgan"] - 1.0), 2),
-        # each library chunk against the fused chunk run right after it (same machine state)
-        "library_overhead_paired_pct": {
-            q: round(100.0 * (float(np.percentile(paired, p)) - 1.0), 2)
-            for q, p in (("q25", 25), ("median", 50), ("q75", 75))
-        },
+        # each library chunk against the fused chunk run beside it (same machine state): quartiles
+        # and the 95% interval of the median, in percent
+        "library_overhead_paired_pct": _pct(bench.ratio_summary(paired)),
         "gflop_per_step": {"jaxgan": _g(lib_flops), "fused": _g(fused_flops)},
         "gflops_achieved": round(lib_flops * rate["jaxgan"] / 1e9, 2) if lib_flops else None,
         "matmul_peak_gflops": round(peak, 1),
@@ -229,6 +238,19 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
         "onednn_convolutions": onednn.enabled(),
     }
     return out
+
+
+def _pct(summary: dict) -> dict:
+    """A :func:`jaxgan.bench.ratio_summary` of time ratios as percent overheads."""
+    pct = lambda v: round(100.0 * (v - 1.0), 2)
+    ci = summary["median_ci95"]
+    return {"q25": pct(summary["q25"]), "median": pct(summary["median"]), "q75": pct(summary["q75"]),
+            "median_ci95": None if ci is None else [pct(v) for v in ci], "n": summary["n"]}
+
+
+def _ci(pct: dict) -> str:
+    ci = pct["median_ci95"]
+    return "-" if ci is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
 def _g(flops):
@@ -264,12 +286,12 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
     print(f"\nmatmul peak (jax, 2048^2 f32): {peak:.1f} GFLOP/s", file=sys.stderr)
     print(f"{'preset':10s} {'jaxgan':>9s} {'fused':>9s} {'torch':>9s} {'jaxgan/torch':>12s} {'overhead%':>9s} "
-          f"{'paired%':>7s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of peak':>7s}", file=sys.stderr)
+          f"{'paired%':>7s} {'95% CI':>13s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of peak':>7s}", file=sys.stderr)
     for r in rows:
         s = r["steps_per_s"]
         print(f"{r['preset']:10s} {s['jaxgan']:9.3f} {s['fused']:9.3f} {s.get('torch', float('nan')):9.3f} "
               f"{r['jaxgan_over_torch'] or float('nan'):12.3f} {r['library_overhead_pct']:9.2f} "
-              f"{r['library_overhead_paired_pct']['median']:7.2f} "
+              f"{r['library_overhead_paired_pct']['median']:7.2f} {_ci(r['library_overhead_paired_pct']):>13s} "
               f"{r['gflop_per_step']['jaxgan'] or float('nan'):10.3f} {r['gflops_achieved'] or float('nan'):8.1f} "
               f"{r['fraction_of_peak'] or float('nan'):7.3f}", file=sys.stderr)
     return 0

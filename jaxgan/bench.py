@@ -8,6 +8,7 @@ PyTorch, and the machine's matmul peak measured in the same run.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -100,6 +101,34 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
         jax.block_until_ready(f(a, b))
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best / 1e9
+
+
+def median_interval(x, level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of the population ``x`` was drawn
+    from: the order statistics ``(x_(j), x_(n+1-j))`` with the largest ``j`` whose coverage,
+    ``1 - 2 P(B < j)`` for ``B ~ Binomial(n, 1/2)``, is at least ``level``. ``None`` when ``x``
+    has too few values for any such pair (fewer than 6 at 95%)."""
+    x = np.sort(np.asarray(x, np.float64).ravel())
+    n = len(x)
+    below, j = 0.0, 0  # below = P(B < j + 1) after each step
+    while j < n // 2:
+        below += math.comb(n, j) / 2.0**n
+        if 1.0 - 2.0 * below < level:
+            break
+        j += 1
+    return None if j == 0 else (float(x[j - 1]), float(x[n - j]))
+
+
+def ratio_summary(ratios, digits: int = 4) -> dict[str, Any]:
+    """Quartiles of paired time ratios (each chunk over its partner timed beside it) and the 95%
+    interval of their median (:func:`median_interval`)."""
+    r = np.asarray(ratios, np.float64)
+    out: dict[str, Any] = {q: round(float(np.percentile(r, p)), digits) for q, p in (("q25", 25), ("median", 50),
+                                                                                    ("q75", 75))}
+    ci = median_interval(r)
+    out["median_ci95"] = None if ci is None else [round(v, digits) for v in ci]
+    out["n"] = len(r)
+    return out
 
 
 def library_chunk(config: Config, rounds: int):
