@@ -58,6 +58,21 @@ def _scan_rounds(step, carry, xs, length: int | None = None, unroll: int | None 
     return carry, {**{k: vectors[:, i] for i, k in enumerate(names)}, **rest}
 
 
+def _flag_final_params(gan: GAN, state: GANState, metrics: dict) -> dict:
+    """Without ``skip_nonfinite`` the updates' flags do not read their new params
+    (:class:`jaxgan.GAN`): the chunk's final params are read here, once, and a player whose
+    params are not finite flags the chunk's last round, so no chunk that ends in non-finite
+    params looks finite to the loop (which then saves nothing from it)."""
+    if gan.skip_nonfinite:
+        return metrics
+    out = dict(metrics)
+    for player, ok in zip(("d", "g"), gan.params_finite(state), strict=True):
+        name = f"{player}_nonfinite"
+        if name in out:
+            out[name] = out[name].at[-1].max(1.0 - ok.astype(out[name].dtype))
+    return out
+
+
 def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int, unroll: int | None = None):
     """``rounds`` training rounds with on-device data: ``(state, metrics [rounds])``. Pure;
     the caller jits it with ``rounds`` (and ``local_batch``) static. ``unroll``: rounds per
@@ -68,7 +83,11 @@ def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int
     Each round draws the next round's batch and carries it: a value carried by the loop is
     computed once, whereas a batch drawn inside the round is fused by XLA into each of its
     readers (D's input and the diversity metric) and its draw, a threefry hash per value,
-    recomputed for each. The chunk draws one batch more than it trains on."""
+    recomputed for each. The chunk draws one batch more than it trains on.
+
+    The ``*_nonfinite`` flags of the chunk's last round also say whether the final params are
+    finite (:meth:`jaxgan.GAN.params_finite`; the updates read them only under
+    ``skip_nonfinite``)."""
 
     def step(carry, _):
         s, batch = carry
@@ -77,7 +96,7 @@ def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int
 
     first = round_batches(gan, source, state, local_batch)
     (state, _), metrics = _scan_rounds(step, (state, first), None, length=rounds, unroll=unroll)
-    return state, metrics
+    return state, _flag_final_params(gan, state, metrics)
 
 
 def train_chunk_fed(gan: GAN, state: GANState, batches: Array, transform=None, unroll: int | None = None):
@@ -89,4 +108,5 @@ def train_chunk_fed(gan: GAN, state: GANState, batches: Array, transform=None, u
     def step(s, batch):
         return gan.train_step(s, batch if transform is None else transform(batch))
 
-    return _scan_rounds(step, state, batches, unroll=unroll)
+    state, metrics = _scan_rounds(step, state, batches, unroll=unroll)
+    return state, _flag_final_params(gan, state, metrics)

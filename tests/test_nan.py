@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import configs, loop, rundir
+from jaxgan import configs, loop, rundir, runner
 from jaxgan.checkpoint import Checkpointer
 from tests.cli_helpers import error_lines, jaxgan
 from tests.helpers import TINY, host_leaves, tiny_run
@@ -48,19 +48,50 @@ def test_a_nan_batch_flags_the_discriminator_update(skip):
         assert not all(np.all(np.isfinite(x)) for x in host_leaves(new.d.params))
 
 
-def test_flags_cover_non_finite_params_even_when_loss_and_gradients_are_finite():
-    """Inf in an Adam moment leaves the loss and the gradient finite but makes the new params
-    Inf: the update is still flagged, because the new parameters are checked too."""
-    run = tiny_run()
-    state = run.init_state()
-    adam, *rest = state.d.opt_state
+def with_inf_adam_moment(state, player: str):
+    """``state`` with an Inf in the first Adam moment of ``player``'s last bias: its next update
+    leaves the loss and the gradient finite but makes that bias Inf."""
+    p = getattr(state, player)
+    adam, *rest = p.opt_state
     mu = jax.tree.map(lambda x: x, adam.mu)
     mu["Dense_2"]["bias"] = jnp.full_like(mu["Dense_2"]["bias"], jnp.inf)
-    bad = state.replace(d=state.d.replace(opt_state=(adam._replace(mu=mu), *rest)))
+    return state.replace(**{player: p.replace(opt_state=(adam._replace(mu=mu), *rest))})
+
+
+def test_under_skip_the_update_reads_its_new_params():
+    """Inf in an Adam moment: the loss and the gradient stay finite, the new params do not; the
+    skip policy reads them, flags the update and keeps the old params."""
+    run = tiny_run(nan_policy="skip")
+    state = run.init_state()
+    bad = with_inf_adam_moment(state, "d")
     new, metrics = jax.jit(run.gan.d_step)(bad, np.ones((16, 2), np.float32))
     assert np.isfinite(float(metrics["d_loss"])) and np.isfinite(float(metrics["d_grad_norm"]))
-    assert np.isinf(np.asarray(new.d.params["Dense_2"]["bias"])).all()
     assert float(metrics["d_nonfinite"]) == 1.0
+    assert same(new.d.params, state.d.params)
+
+
+def test_a_chunk_that_ends_in_non_finite_params_flags_its_last_round():
+    """Without the skip policy the updates do not read their new params (a norm per update):
+    G's update, last in the round, turns G's params Inf with a finite loss and gradient, so its
+    own flag stays 0; the chunk reads the final params and flags its last round, so the loop
+    sees the chunk as non-finite and saves nothing from it."""
+    run = tiny_run()
+    gan = run.gan
+    bad = with_inf_adam_moment(run.init_state(), "g")
+    new, metrics = jax.jit(gan.g_step)(bad, np.ones((16, 2), np.float32))
+    assert np.isfinite(float(metrics["g_loss"])) and np.isfinite(float(metrics["g_grad_norm"]))
+    assert np.isinf(np.asarray(new.g.params["Dense_2"]["bias"])).all()
+    assert float(metrics["g_nonfinite"]) == 0.0  # the update alone does not see it
+    assert [bool(ok) for ok in gan.params_finite(new)] == [True, False]
+
+    chunk = jax.jit(lambda s: runner.train_chunk(gan, run.source, s, 16, 1))
+    _, metrics = chunk(bad)
+    assert np.asarray(metrics["g_nonfinite"]).tolist() == [1.0]
+    assert np.asarray(metrics["d_nonfinite"]).tolist() == [0.0]
+    assert loop._first_nonfinite(jax.device_get(metrics), 0) == (1, "g")  # (step, player)
+    # A healthy chunk is not flagged by the check.
+    _, metrics = chunk(run.init_state())
+    assert np.asarray(metrics["g_nonfinite"]).tolist() == [0.0]
 
 
 def test_a_gradient_norm_beyond_float32_flags_the_update():
