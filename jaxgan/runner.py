@@ -14,7 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxgan import cpu
 from jaxgan.gan import GAN, GANState
+from jaxgan.nets import onednn
 
 Array = jax.Array
 _DATA = 100  # fold_in tag of the data stream, apart from the GAN's own streams
@@ -73,6 +75,15 @@ def _flag_final_params(gan: GAN, state: GANState, metrics: dict) -> dict:
     return out
 
 
+def _draw_in_round(gan: GAN, source, state: GANState, local_batch: int) -> bool:
+    """Whether :func:`train_chunk` draws each batch in its round rather than carrying it: for
+    images, on the CPU, with the native draws and oneDNN's convolutions (see there)."""
+    if not (cpu.native_random() and onednn.enabled() and jax.default_backend() == "cpu"):
+        return False
+    batch = jax.eval_shape(lambda s: round_batches(gan, source, s, local_batch), state)
+    return batch.ndim >= 5  # [d_steps, B, H, W, C]
+
+
 def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int, unroll: int | None = None):
     """``rounds`` training rounds with on-device data: ``(state, metrics [rounds])``. Pure;
     the caller jits it with ``rounds`` (and ``local_batch``) static. ``unroll``: rounds per
@@ -83,19 +94,32 @@ def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int
     Each round draws the next round's batch and carries it: a value carried by the loop is
     computed once, whereas a batch drawn inside the round is fused by XLA into each of its
     readers (D's input and the diversity metric) and its draw, a threefry hash per value,
-    recomputed for each. The chunk draws one batch more than it trains on.
+    recomputed for each; the chunk draws one batch more than it trains on. Except for images
+    on the CPU with the native draws and oneDNN's convolutions on (what ``jaxgan train`` runs
+    there, :func:`jaxgan.cpu.tune`): the native draw is a call whose output is kept, not
+    fused, and carried it was free to run beside the oneDNN convolutions; drawn in its round,
+    DCGAN-32's round was 5% faster, while the toy GAN's was 1% slower, so only images are drawn
+    in the round (``benchmarks/README.md``). The numbers are the same either way.
 
     The ``*_nonfinite`` flags of the chunk's last round also say whether the final params are
     finite (:meth:`jaxgan.GAN.params_finite`; the updates read them only under
     ``skip_nonfinite``)."""
 
-    def step(carry, _):
+    if _draw_in_round(gan, source, state, local_batch):
+
+        def step(s, _):
+            return gan.train_step(s, round_batches(gan, source, s, local_batch))
+
+        state, metrics = _scan_rounds(step, state, None, length=rounds, unroll=unroll)
+        return state, _flag_final_params(gan, state, metrics)
+
+    def carried(carry, _):
         s, batch = carry
         s, metrics = gan.train_step(s, batch)
         return (s, round_batches(gan, source, s, local_batch)), metrics
 
     first = round_batches(gan, source, state, local_batch)
-    (state, _), metrics = _scan_rounds(step, (state, first), None, length=rounds, unroll=unroll)
+    (state, _), metrics = _scan_rounds(carried, (state, first), None, length=rounds, unroll=unroll)
     return state, _flag_final_params(gan, state, metrics)
 
 
