@@ -184,6 +184,7 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     jax.block_until_ready(m)
     if peer is not None:
         peer.time_steps(1, warmup=1)
+
     def run_lib():
         nonlocal lib_state
         lib_state, m = lib(lib_state)
