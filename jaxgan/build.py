@@ -135,7 +135,8 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
             # Sync batch norm: under a device axis, BN normalises with the global batch's statistics.
             g, d = dcgan_pair(
                 example_shape, config.latent_dim, g_width=config.g_width, d_width=config.d_width,
-                d_norm=config.d_norm, d_dropout=config.d_dropout, axis_name=sync_axis or axis_name,
+                d_norm=config.d_norm, d_dropout=config.d_dropout, d_mbstd=config.d_mbstd,
+                axis_name=sync_axis or axis_name,
             )
         except ValueError as err:
             raise ConfigError(f"model=dcgan on dataset={config.dataset!r}: {err}") from None
@@ -149,6 +150,8 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
             d_dropout=config.d_dropout,
             init_gain=config.init_gain,
             d_input_scale=config.d_input_scale,
+            d_mbstd=config.d_mbstd,
+            axis_name=sync_axis or axis_name,
         )
     else:
         raise ConfigError(f"model={config.model!r}: unknown model")
@@ -167,4 +170,5 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
         ema_decay=config.ema_decay if config.ema_decay > 0 else None,
         axis_name=axis_name,
         skip_nonfinite=config.nan_policy == "skip",
+        pack=config.pack,
     )

@@ -35,6 +35,8 @@ class Config:
     d_hidden: tuple[int, ...] = (128, 128)
     activation: str = "tanh"  # relu | tanh | leaky_relu | elu
     d_dropout: float = 0.0  # dropout rate in D's hidden layers (a remedy)
+    pack: int = 1  # PacGAN: D judges this many samples concatenated (1: one at a time)
+    d_mbstd: bool = False  # minibatch standard deviation as one more feature in D (Karras et al. 2018)
     g_width: int = 64  # DCGAN: G's base width (ngf; the last hidden layer's channels)
     d_width: int = 64  # DCGAN: D's base width (ndf; the first layer's channels)
     d_norm: str = "batch"  # DCGAN: D's normalisation: batch | spectral | none
@@ -447,6 +449,9 @@ def validate(c: Config) -> Config:
     need(c.unroll_steps >= 0, "unroll_steps", "the lookahead depth must be >= 0 (0: plain GAN)")
     need(c.latent_dim >= 1, "latent_dim", "must be >= 1")
     need(c.batch_size >= 2, "batch_size", "must be >= 2 (the diversity statistic compares pairs)")
+    need(c.pack >= 1, "pack", "must be >= 1 (1: D sees one sample at a time; PacGAN uses 2 to 4)")
+    need(c.batch_size % c.pack == 0, "batch_size",
+         f"must be a multiple of pack={c.pack} (D judges packs of {c.pack} samples)")
     need(c.steps >= 1, "steps", "must be >= 1")
     for key in ("g_lr", "d_lr"):
         need(getattr(c, key) >= 0.0, key, "a learning rate must be >= 0")
@@ -467,6 +472,12 @@ def validate(c: Config) -> Config:
         c.devices == 0 or c.batch_size % c.devices == 0,
         "batch_size",
         f"the global batch must split evenly over devices={c.devices}; use a multiple of {c.devices}",
+    )
+    need(
+        c.devices == 0 or (c.batch_size // c.devices) % c.pack == 0,
+        "batch_size",
+        f"each of devices={c.devices} gets {c.batch_size // max(c.devices, 1)} examples, not a multiple of "
+        f"pack={c.pack}; use a multiple of {c.devices * c.pack}",
     )
     need(c.parallel in PARALLEL_MODES, "parallel", f"choose one of {', '.join(PARALLEL_MODES)}")
     need(c.keep_best_mode in ("min", "max"), "keep_best_mode", "choose min or max")

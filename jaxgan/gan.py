@@ -132,6 +132,13 @@ class GAN:
     The ``diversity`` metric is estimated from B neighbouring pairs (O(B),
     :func:`jaxgan.scores.diversity_estimate`); ``exact_diversity`` uses all B(B-1)/2 pairs
     instead (O(B^2): ~9% of a toy step at B=512).
+    ``pack=m`` makes D judge m samples at once (PacGAN, Lin et al. 2018): examples ``j*m ..
+    j*m+m-1`` of a batch, by global example index, are concatenated along the last axis (the
+    features, or the channels of images) into one input, real with real and fake with fake, so
+    D's input has m times the last axis and it outputs one logit per pack. Losses, penalties
+    (a gradient penalty interpolates between a real and a fake pack), label remedies and the
+    scores are per pack; instance noise and the diversity statistic stay per example. Each
+    device's batch must be a multiple of m.
     """
 
     generator: Network
@@ -151,6 +158,7 @@ class GAN:
     batch_sharding: Any = None
     skip_nonfinite: bool = False
     exact_diversity: bool = False
+    pack: int = 1
 
     def __post_init__(self):
         if self.generator.latent_dim is None or self.generator.latent_dim < 1:
@@ -162,6 +170,8 @@ class GAN:
                 f"unroll_steps must be an integer >= 0 (got {self.unroll_steps!r}); "
                 "0 is the plain generator step"
             )
+        if not isinstance(self.pack, int | np.integer) or self.pack < 1:
+            raise ValueError(f"pack must be an integer >= 1 (got {self.pack!r}); 1 is the unpacked discriminator")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None (got {self.ema_decay!r})")
         if self.axis_name is not None and self.batch_sharding is not None:
@@ -201,6 +211,26 @@ class GAN:
     def latents(self, key: Array, ids: Array) -> Array:
         """Standard-normal latents ``[len(ids), latent_dim]``; row i is a function of (key, ids[i])."""
         return keys_lib.normal(key, ids, (self.latent_dim,))
+
+    def _pack(self, x: Array) -> Array:
+        """``x: [n, *S] -> [n/m, *S[:-1], m * S[-1]]``: consecutive groups of ``m = pack``
+        examples concatenated along the last axis, as D sees them (see the class docstring)."""
+        m = self.pack
+        if m == 1:
+            return x
+        n = x.shape[0]
+        if n % m:
+            raise ValueError(
+                f"a batch of {n} examples does not split into packs of pack={m}: make each device's batch a "
+                f"multiple of {m} (e.g. batch_size={max(m, n - n % m)})"
+            )
+        grouped = jnp.moveaxis(x.reshape(n // m, m, *x.shape[1:]), 1, -2)
+        return grouped.reshape(n // m, *x.shape[1:-1], m * x.shape[-1])
+
+    def _pack_ids(self, ids: Array) -> Array:
+        """Global pack indices ``[n/m]`` of this device's examples ``ids`` (pack j holds
+        examples ``j*m .. j*m+m-1``), for per-pack draws."""
+        return ids if self.pack == 1 else ids[:: self.pack] // self.pack
 
     def _pmean(self, tree: PyTree) -> PyTree:
         return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
@@ -281,16 +311,18 @@ class GAN:
                 f"shape {tuple(example_batch.shape)[1:]}: make the generator's output match the "
                 "data (e.g. its output size or image size)"
             )
-        d_params, d_state = self.discriminator.init(kd, jnp.zeros_like(example_batch))
+        d_input = self._pack(jnp.zeros_like(example_batch))
+        d_params, d_state = self.discriminator.init(kd, d_input)
         logit_shape = jax.eval_shape(
-            lambda p, s: self.discriminator.apply(p, s, example_batch, key=kd, train=False)[0],
+            lambda p, s: self.discriminator.apply(p, s, d_input, key=kd, train=False)[0],
             d_params,
             d_state,
         ).shape
-        if int(np.prod(logit_shape)) != example_batch.shape[0]:
+        if int(np.prod(logit_shape)) != d_input.shape[0]:
+            what = "example" if self.pack == 1 else f"pack of {self.pack} examples"
             raise ValueError(
-                f"the discriminator must output one logit per example ([B] or [B, 1]); it "
-                f"outputs shape {tuple(logit_shape)} for a batch of {example_batch.shape[0]}"
+                f"the discriminator must output one logit per {what} ([B] or [B, 1]); it "
+                f"outputs shape {tuple(logit_shape)} for a batch of {d_input.shape[0]}"
             )
         # Distinct buffers for every leaf, so a caller may donate the state.
         def zero():
@@ -323,11 +355,12 @@ class GAN:
 
     def _d_loss(self, d_params, d_model_state, real, fake, key, ids, t):
         k_tgt, k_noise, k_net, k_pen = jax.random.split(key, 4)
-        y = jnp.ones((real.shape[0],), jnp.float32)
+        pack_ids = self._pack_ids(ids)
+        y = jnp.ones((pack_ids.shape[0],), jnp.float32)
         for i, p in enumerate(self.penalties):
-            y = p.targets(y, jax.random.fold_in(k_tgt, i), ids)
-        real_in = self._perturb(real, jax.random.fold_in(k_noise, 0), ids, t)
-        fake_in = self._perturb(fake, jax.random.fold_in(k_noise, 1), ids, t)
+            y = p.targets(y, jax.random.fold_in(k_tgt, i), pack_ids)
+        real_in = self._pack(self._perturb(real, jax.random.fold_in(k_noise, 0), ids, t))
+        fake_in = self._pack(self._perturb(fake, jax.random.fold_in(k_noise, 1), ids, t))
         k_real, k_fake, k_pen_net = jax.random.split(self._device_key(k_net), 3)
         # Two passes, as in the reference DCGAN: batch norm sees a real batch and a fake batch.
         real_logits, ms = self._discriminate(d_params, d_model_state, real_in, k_real, True)
@@ -339,7 +372,7 @@ class GAN:
         def d_fn(x):
             return self._discriminate(d_params, d_model_state, x, k_pen_net, True)[0]
 
-        inputs = PenaltyInputs(d_fn, real_in, fake_in, d_params, k_pen, ids)
+        inputs = PenaltyInputs(d_fn, real_in, fake_in, d_params, k_pen, pack_ids)
         for i, p in enumerate(self.penalties):
             value = p.loss(dataclasses.replace(inputs, key=jax.random.fold_in(k_pen, i)))
             if value is not None:
@@ -447,7 +480,7 @@ class GAN:
                 advance, d, self.unroll_steps,
                 first_order=self.unroll_first_order, remat=self.unroll_remat,
             )
-            fake_in = self._perturb(fake, k_noise, ids, d_ahead.count)
+            fake_in = self._pack(self._perturb(fake, k_noise, ids, d_ahead.count))
             # D's batch statistics from this pass are discarded: D is held constant.
             logits, _ = self._discriminate(d_ahead.params, d_ahead.model_state, fake_in, k_d, True)
             return self.loss.generator_loss(logits), g_state

@@ -328,7 +328,12 @@ def train(
     says); pass ``()`` for none.
     """
     plan = parallel.plan(config.parallel, config.devices)
-    plan.local_batch(config.batch_size)  # refuse a batch that does not split, before any work
+    local = plan.local_batch(config.batch_size)  # refuse a batch that does not split, before any work
+    if local % config.pack:
+        raise parallel.ParallelError(
+            f"batch_size={config.batch_size} gives each of {plan.num_devices} devices {local} examples, not a "
+            f"multiple of pack={config.pack}: use a batch_size that is a multiple of {plan.num_devices * config.pack}"
+        )
     main = parallel.is_main_process()
     if not main:  # one process writes the run directory, the others only checkpoint with it
         echo, progress, observers = (lambda _msg: None), False, ()

@@ -34,11 +34,11 @@ class PenaltyInputs:
     """What a loss-term hook may look at: ``d(x) -> logits [B]`` at D's current params."""
 
     d: Callable[[Array], Array]
-    real: Array  # [B, ...] as D sees it (after perturbation)
+    real: Array  # [B, ...] as D sees it (after perturbation; packs of examples under GAN.pack)
     fake: Array  # [B, ...]
     d_params: PyTree
     key: Array
-    ids: Array  # [B] global example indices
+    ids: Array  # [B] global indices of D's inputs (examples, or packs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,15 +36,18 @@ def player_params(state) -> np.ndarray:
 MODES = (("jit", 1), ("pmap", 2), ("pmap", 8), ("sharding", 8), ("shard_map", 8))
 
 
-def chunk_runs(out: dict, unroll: int, modes) -> None:
+def chunk_runs(out: dict, unroll: int, modes, prefix: str | None = None, **overrides) -> None:
     """30 rounds of the loop's compiled chunk in each ``(mode, devices)`` of ``modes``: 1 device
-    (plain jit), 2 and 8 devices (pmap), 8 with jit + sharding and with shard_map."""
-    config = configs.apply_overrides(configs.preset("ring8"), {**SMALL, "unroll_steps": unroll})
+    (plain jit), 2 and 8 devices (pmap), 8 with jit + sharding and with shard_map. Results are
+    saved under ``prefix`` (default ``u<unroll>``)."""
+    config = configs.apply_overrides(configs.preset("ring8"), {**SMALL, "unroll_steps": unroll, **overrides})
     run = loop.Run.from_config(config)
-    out[f"u{unroll}/init"] = player_params(run.init_state())
+    prefix = prefix or f"u{unroll}"
+    out[f"{prefix}/init"] = player_params(run.init_state())
     for mode, n in modes:
         plan = parallel.plan("pmap" if mode == "jit" else mode, n)
         assert plan.mode == mode and plan.num_devices == n, (plan, mode, n)
+        run = loop.Run.from_config(config, sync_axis=plan.sync_axis)  # as the loop builds it for this mode
         state = plan.place(run.init_state())
         fn = plan.train_chunk(run.gan, run.source, GLOBAL_BATCH, CHUNK)
         history = []
@@ -52,10 +55,10 @@ def chunk_runs(out: dict, unroll: int, modes) -> None:
             state, metrics = fn(state)
             history.append(jax.device_get(metrics))
         final = plan.unplace(state)
-        out[f"u{unroll}/{mode}{n}/params"] = player_params(final)
-        out[f"u{unroll}/{mode}{n}/step"] = np.asarray(final.step)
+        out[f"{prefix}/{mode}{n}/params"] = player_params(final)
+        out[f"{prefix}/{mode}{n}/step"] = np.asarray(final.step)
         for key in history[0]:
-            out[f"u{unroll}/{mode}{n}/m/{key}"] = np.concatenate([np.asarray(h[key]) for h in history])
+            out[f"{prefix}/{mode}{n}/m/{key}"] = np.concatenate([np.asarray(h[key]) for h in history])
 
 
 def step_api_runs(out: dict, which) -> None:
@@ -163,6 +166,7 @@ def resume_runs(out: dict, root: str) -> None:
 JOBS = {
     "chunks": lambda out, arg: chunk_runs(out, unroll=0, modes=MODES),
     "chunks_unrolled": lambda out, arg: chunk_runs(out, unroll=2, modes=MODES[:3]),
+    "chunks_packed": lambda out, arg: chunk_runs(out, unroll=1, modes=MODES, prefix="pack", pack=2, d_mbstd=True),
     "api_pmap": lambda out, arg: step_api_runs(out, ("jit", "pmap8")),
     "api_mesh": lambda out, arg: step_api_runs(out, ("jit", "pmap2", "sharding8", "shard_map8")),
     "batchnorm": lambda out, arg: batch_norm_runs(out),

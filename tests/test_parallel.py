@@ -91,6 +91,15 @@ def test_unrolled_step_agrees_on_1_2_and_8_devices(tmp_path):
 
 
 @pytest.mark.slow
+def test_packed_discriminator_with_mbstd_agrees_on_1_2_and_8_devices_in_every_mode(tmp_path):
+    """pack=2 and D's minibatch std (taken over the global batch), unrolled one step: every mode
+    follows the one-device trajectory (packs are built by global example index, and each
+    device's 8 examples are 4 whole packs)."""
+    result = run_worker(tmp_path, 8, "chunks_packed")
+    check_same_trajectory(result, "pack", "jit1", ["pmap2", "pmap8", "sharding8", "shard_map8"])
+
+
+@pytest.mark.slow
 def test_sharded_and_shard_map_steps_match_jit(tmp_path):
     """The ready jit+sharding and shard_map steps (and pmap on 2 of the 8 devices) give the
     numbers of jax.jit(gan.train_step) on the same host batches."""

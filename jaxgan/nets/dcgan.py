@@ -36,6 +36,7 @@ from jaxgan.nets import conv as conv_lib
 from jaxgan.nets.adapters import Network, from_linen
 from jaxgan.nets.batch_norm import BatchNorm
 from jaxgan.nets.conv_transpose import ConvTranspose
+from jaxgan.nets.mbstd import MinibatchStd
 
 Array = jax.Array
 
@@ -104,6 +105,7 @@ class DCGANDiscriminator(nn.Module):
     dropout: float = 0.0
     axis_name: str | None = None
     fast_conv: bool = True  # convolutions with canonical gradients (jaxgan.nets.conv)
+    mbstd: bool = False  # minibatch standard deviation as one more channel before the last layer
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -132,6 +134,8 @@ class DCGANDiscriminator(nn.Module):
             h = nn.leaky_relu(h, 0.2)
             if self.dropout > 0.0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        if self.mbstd:
+            h = MinibatchStd(self.axis_name if train else None)(h)
         h = conv(1, (s0, s0), (1, 1), "VALID")(h)
         return h.reshape(x.shape[0])
 
@@ -144,6 +148,7 @@ def dcgan_pair(
     d_width: int = 64,
     d_norm: str = "batch",
     d_dropout: float = 0.0,
+    d_mbstd: bool = False,
     axis_name: str | None = None,
     fast_conv: bool = True,
 ) -> tuple[Network, Network]:
@@ -159,5 +164,5 @@ def dcgan_pair(
         raise ValueError(f"d_norm={d_norm!r}: choose one of {', '.join(NORMS)}")
     g = DCGANGenerator(image_size=size, channels=channels, width=g_width, axis_name=axis_name, fast_conv=fast_conv)
     d = DCGANDiscriminator(image_size=size, width=d_width, norm=d_norm, dropout=d_dropout, axis_name=axis_name,
-                           fast_conv=fast_conv)
+                           fast_conv=fast_conv, mbstd=d_mbstd)
     return from_linen(g, latent_dim=latent_dim), from_linen(d)

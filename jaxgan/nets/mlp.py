@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgan.nets.adapters import Network, from_linen
+from jaxgan.nets.mbstd import MinibatchStd
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "leaky_relu": nn.leaky_relu, "elu": nn.elu}
 
@@ -54,13 +55,17 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """``x: [B, ...] -> logits: [B]``: the input times ``input_scale`` (Metz et al. scale 2-D
     inputs by 1/4, to about [-1, 1]), hidden layers with optional dropout (a remedy for a
-    discriminator that dominates), then one linear output unit."""
+    discriminator that dominates), then one linear output unit. ``mbstd`` appends the batch's
+    spread (:class:`~jaxgan.nets.mbstd.MinibatchStd`) to the input of the last hidden layer,
+    reduced over ``axis_name`` in training (the global batch under pmap/shard_map)."""
 
     hidden: Sequence[int] = (128, 128)
     activation: str = "relu"
     dropout: float = 0.0
     init_gain: float = 0.0
     input_scale: float = 1.0
+    mbstd: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -69,7 +74,9 @@ class MLPDiscriminator(nn.Module):
         h = x.reshape(x.shape[0], -1)
         if self.input_scale != 1.0:
             h = h * self.input_scale
-        for width in self.hidden:
+        for i, width in enumerate(self.hidden):
+            if self.mbstd and i == len(self.hidden) - 1:
+                h = MinibatchStd(self.axis_name if train else None)(h)
             h = act(nn.Dense(width, kernel_init=init)(h))
             if self.dropout > 0.0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -86,9 +93,12 @@ def mlp_pair(
     d_dropout: float = 0.0,
     init_gain: float = 0.0,
     d_input_scale: float = 1.0,
+    d_mbstd: bool = False,
+    axis_name: str | None = None,
 ) -> tuple[Network, Network]:
-    """The reference generator and discriminator as :class:`Network` s."""
+    """The reference generator and discriminator as :class:`Network` s (``axis_name``: the device
+    axis D's minibatch standard deviation reduces over)."""
     g = MLPGenerator(out_shape=tuple(data_shape), hidden=tuple(g_hidden), activation=activation, init_gain=init_gain)
     d = MLPDiscriminator(hidden=tuple(d_hidden), activation=activation, dropout=d_dropout, init_gain=init_gain,
-                         input_scale=d_input_scale)
+                         input_scale=d_input_scale, mbstd=d_mbstd, axis_name=axis_name)
     return from_linen(g, latent_dim=latent_dim), from_linen(d)
