@@ -119,11 +119,22 @@ def remedies(config: Config) -> tuple[penalties.Remedy, ...]:
     return tuple(out)
 
 
-def adam(lr: float, config: Config) -> optax.GradientTransformation:
+def learning_rate(lr: float, config: Config, updates_per_round: int) -> float | optax.Schedule:
+    """``lr``, or its decay to 0 over the run's ``steps`` rounds (``config.lr_decay``); the
+    schedule reads the optimizer's own update count, which the checkpoint holds."""
+    total = max(1, config.steps * updates_per_round)
+    if config.lr_decay == "cosine":
+        return optax.cosine_decay_schedule(lr, total)
+    if config.lr_decay == "linear":
+        return optax.linear_schedule(lr, 0.0, total)
+    return lr
+
+
+def adam(lr: float, config: Config, updates_per_round: int = 1) -> optax.GradientTransformation:
     # Differentiating through Adam (the unrolled lookahead) needs eps_root > 0: the derivative
     # of sqrt(v) is infinite at v = 0, which a parameter with an exactly-zero gradient hits.
     eps_root = 1e-16 if config.unroll_steps > 0 else 0.0
-    return optax.adam(lr, b1=config.b1, b2=config.b2, eps_root=eps_root)
+    return optax.adam(learning_rate(lr, config, updates_per_round), b1=config.b1, b2=config.b2, eps_root=eps_root)
 
 
 def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None = None,
@@ -158,8 +169,8 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
     return GAN(
         generator=g,
         discriminator=d,
-        g_optimizer=adam(config.g_lr, config),
-        d_optimizer=adam(config.d_lr, config),
+        g_optimizer=adam(config.g_lr, config, config.g_steps),
+        d_optimizer=adam(config.d_lr, config, config.d_steps),
         loss=losses.get(config.loss),
         schedule=Schedule(d_steps=config.d_steps, g_steps=config.g_steps),
         unroll_steps=config.unroll_steps,
@@ -172,3 +183,33 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
         skip_nonfinite=config.nan_policy == "skip",
         pack=config.pack,
     )
+
+
+@dataclasses.dataclass
+class Run:
+    """What a run's pieces are, built once from a config (no state): the GAN definition, its
+    data source and the shape of one example."""
+
+    config: Config
+    gan: GAN
+    source: object
+    example_shape: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, config: Config, *, sync_axis: str | None = None) -> Run:
+        """``sync_axis``: the device axis the networks' batch statistics (and D's minibatch
+        standard deviation) reduce over under pmap/shard_map (:attr:`jaxgan.parallel.DataParallel.sync_axis`)."""
+        source = data_source(config)
+        shape = tuple(source.example_shape)
+        return cls(config, gan(config, shape, sync_axis=sync_axis), source, shape)
+
+    def init_state(self):
+        """A fresh :class:`~jaxgan.gan.GANState` for the config's seed and batch size."""
+        example = np.zeros((self.config.batch_size, *self.example_shape), np.float32)
+        return jax.jit(self.gan.init)(jax.random.key(self.config.seed), example)
+
+    @property
+    def mixture(self):
+        """The data's mixture of Gaussians (toy data with several modes), else None."""
+        centers = getattr(self.source, "centers", None)
+        return self.source if centers is not None and len(centers) > 1 else None

@@ -20,8 +20,8 @@ Guarantees:
   files are written by a background thread while training continues (:meth:`~Checkpointer.wait`
   blocks until they are on disk; :meth:`~Checkpointer.close` waits too). JAX refuses to donate a
   buffer that a host copy still views, so a donated next step cannot corrupt a save in flight.
-* Retention: the last ``keep`` checkpoints, plus the ``keep_best`` best by ``best_metric``
-  (``best_mode`` ``"min"`` or ``"max"``) among the checkpoints saved with that metric.
+* Retention: the last ``keep`` checkpoints. The best checkpoint by a quality metric is kept
+  apart, in ``<run>/best``, by :class:`KeepBest` (the one keep-best of a run).
 * Clear refusals. Restoring into a model whose leaves differ (names, shapes or dtypes) raises
   :class:`CheckpointError` naming the differing leaves, checked against the checkpoint's
   metadata before any array is read; a damaged checkpoint raises :class:`CheckpointError`
@@ -42,20 +42,24 @@ Device-count contract (pmap / jit / shard_map):
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
 import zlib
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as ocm
+
+from jaxgan.observers import Boundary, Context, Observer
 
 PyTree = Any
 
+BEST_DIR = "best"  # <run>/best: the best checkpoint (KeepBest)
+BEST_FILE = "best.json"  # <run>/best.json: its step and metrics
 STATE = "state"
 RECORD = "record"
 CHECKSUMS = "checksums"
@@ -149,12 +153,9 @@ def _quiet_read_only(record: logging.LogRecord) -> bool:
 
 
 class Checkpointer:
-    """Save and restore the checkpoints of one run under ``directory``.
-
-    Keeps the last ``keep`` checkpoints and, when ``best_metric`` is given, also the
-    ``keep_best`` best by that metric (``best_mode``: ``"min"`` or ``"max"``; the value comes
-    from the ``metrics`` passed to :meth:`save`). ``read_only`` opens a run without creating,
-    cleaning or deleting anything (for ``jaxgan sample`` and evaluation).
+    """Save and restore the checkpoints of one run under ``directory``, keeping the last ``keep``.
+    ``read_only`` opens a run without creating, cleaning or deleting anything (for ``jaxgan
+    sample`` and evaluation).
 
     In a multi-process run orbax's saves are collective: every process calls :meth:`save` with
     the same global arrays. ``process_local=True`` is for a checkpointer only this process uses
@@ -168,20 +169,13 @@ class Checkpointer:
         directory: str,
         *,
         keep: int = 3,
-        best_metric: str | None = None,
-        best_mode: str = "min",
-        keep_best: int = 1,
         asynchronous: bool = True,
         read_only: bool = False,
         process_local: bool = False,
     ):
         if keep < 1:
             raise ValueError(f"keep={keep}: keep at least the latest checkpoint")
-        if best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode={best_mode!r}: choose 'min' or 'max'")
         self.directory = os.path.abspath(directory)
-        self.best_metric = best_metric or None
-        self.best_mode = best_mode
         self._local = process_local and jax.process_count() > 1
         extra: dict[str, Any] = {}
         if self._local:
@@ -191,23 +185,9 @@ class Checkpointer:
             extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
                 primary_host=me, active_processes={me}
             )
-        policies: list[Any] = [ocm.LatestN(n=keep)]
-        if self.best_metric is not None:
-            policies.append(
-                ocm.BestN(
-                    get_metric_fn=self._metric_of,
-                    reverse=best_mode == "min",  # BestN keeps the last n after sorting
-                    n=keep_best,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=0 if read_only else 1,
-            preservation_policy=ocm.AnyPreservationPolicy(policies),
-            # best_fn only makes orbax write each checkpoint's metrics to disk (and read them back
-            # when a resumed run reopens the directory); retention is the policy above.
-            best_fn=self._metric_of if self.best_metric is not None else None,
-            best_mode=best_mode,
+            max_to_keep=keep,
             create=not read_only and not self._local,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
@@ -229,12 +209,6 @@ class Checkpointer:
         finally:
             absl_log.removeFilter(_quiet_read_only)
 
-    def _metric_of(self, metrics: Mapping[str, Any]) -> float:
-        value = _finite_number((metrics or {}).get(self.best_metric))
-        if value is None:  # never the best
-            return math.inf if self.best_mode == "min" else -math.inf
-        return value
-
     # ------------------------------------------------------------------ queries
 
     def latest_step(self) -> int | None:
@@ -244,40 +218,14 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def metrics(self, step: int) -> dict[str, Any] | None:
-        """The metrics given to :meth:`save` for ``step`` (None if none were)."""
-        return self._manager.metrics(step)
-
-    def best_step(self) -> int | None:
-        """The kept checkpoint with the best ``best_metric`` (None without a metric or values)."""
-        if self.best_metric is None:
-            return None
-        scored = [
-            (value, step)
-            for step in self.all_steps()
-            if (value := _finite_number((self.metrics(step) or {}).get(self.best_metric))) is not None
-        ]
-        if not scored:
-            return None
-        pick = min if self.best_mode == "min" else max
-        return pick(scored, key=lambda vs: (vs[0], -vs[1]))[1]
-
     # ------------------------------------------------------------------ save
 
-    def save(
-        self,
-        step: int,
-        state: PyTree,
-        record: dict[str, Any],
-        *,
-        metrics: Mapping[str, Any] | None = None,
-    ) -> None:
+    def save(self, step: int, state: PyTree, record: dict[str, Any]) -> None:
         """Start saving ``state`` and the JSON ``record`` as checkpoint ``step``.
 
         Returns once the arrays are copied to host memory (asynchronous mode); :meth:`wait`
         blocks until the files are complete. ``state`` must be unreplicated (see the module
-        doc). ``metrics`` (scalars) are stored with the checkpoint for keep-best retention.
-        A step that is already saved is left as it is.
+        doc). A step that is already saved is left as it is.
         """
         step_leaf = getattr(state, "step", None)
         if step_leaf is not None and np.ndim(step_leaf) != 0:
@@ -287,16 +235,13 @@ class Checkpointer:
             )
         if step in self._manager.all_steps():
             return
-        clean = None
-        if metrics is not None:
-            clean = {k: v for k, v in ((k, _finite_number(v)) for k, v in metrics.items()) if v is not None}
         saveable = to_saveable(state)
         if self._local:
             saveable = jax.device_get(saveable)
         items = {STATE: ocp.args.StandardSave(saveable), RECORD: ocp.args.JsonSave(record)}
         if _fully_addressable(saveable):  # a multi-host sharded state is checked by orbax alone
             items[CHECKSUMS] = ocp.args.JsonSave(checksums(saveable))
-        self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean or None, force=True)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     # ------------------------------------------------------------------ restore
 
@@ -402,3 +347,99 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------- the best checkpoint
+
+
+class BestKeeper:
+    """Which step is best by metrics compared in order (lexicographic: the second breaks ties of
+    the first), each with its direction: ``spec = ((name, "max"|"min"), ...)``. The record lives
+    in ``path`` (``best.json``) when given, so a resumed run remembers its best."""
+
+    def __init__(self, spec: tuple[tuple[str, str], ...], path: str | None = None):
+        for name, mode in spec:
+            if mode not in ("max", "min"):
+                raise ValueError(f"{name}: mode must be max or min, got {mode!r}")
+        self.spec = tuple(spec)
+        self.path = path
+        self.best: dict[str, Any] | None = None
+        if path is not None and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                self.best = json.load(f)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.spec)
+
+    def _key(self, values: dict[str, float]) -> tuple[float, ...]:
+        return tuple(float(values[n]) * (1.0 if mode == "max" else -1.0) for n, mode in self.spec)
+
+    def offer(self, step: int, values: dict[str, float]) -> bool:
+        """True (and recorded) when ``values`` holds every metric, all finite, and beats the best."""
+        if not all(_finite_number(values.get(n)) is not None for n in self.metrics):
+            return False
+        if self.best is not None and self._key(values) <= self._key(self.best["metrics"]):
+            return False
+        self.best = {"step": int(step), "metrics": {n: float(values[n]) for n in self.metrics},
+                     "modes": dict(self.spec)}
+        if self.path is not None:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.best, f, indent=2)
+            os.replace(tmp, self.path)
+        return True
+
+
+class KeepBest(Observer):
+    """Keeps the best checkpoint of a run in ``<run>/best`` (one orbax checkpoint, and
+    ``best.json``): the run's one keep-best. ``keep_best`` is the config value
+    (:func:`jaxgan.configs.keep_best_spec`). At each boundary the metrics measured at that step
+    (sample quality on toy data, periodic evaluation) are offered; a better set saves the state."""
+
+    def __init__(self, keep_best: str = "auto"):
+        self.keep_best = keep_best
+        self.keeper: BestKeeper | None = None
+        self._latest: dict[str, tuple[int, float]] = {}
+        self._warned: set[str] = set()
+        self._ckpt: Checkpointer | None = None
+        self._ctx: Context | None = None
+
+    def on_start(self, ctx: Context) -> None:
+        from jaxgan.configs import keep_best_spec
+
+        self._ctx = ctx
+        spec = keep_best_spec(self.keep_best, toy=ctx.run.mixture is not None)
+        if spec:
+            self.keeper = BestKeeper(spec, os.path.join(ctx.out, BEST_FILE))
+
+    def on_row(self, step: int, row: dict[str, float], stream: str) -> list[dict[str, Any]]:
+        if self.keeper is not None:
+            for name in self.keeper.metrics:
+                if name in row:
+                    self._latest[name] = (step, row[name])
+        return []
+
+    def on_boundary(self, b: Boundary) -> dict[str, float]:
+        if self.keeper is None:
+            return {}
+        values = {n: v for n, (step, v) in self._latest.items() if step == b.step}
+        missing = [n for n in self.keeper.metrics if n not in values and n not in self._warned]
+        if missing and b.checkpoint:
+            self._warned.update(missing)
+            self._ctx.echo(f"jaxgan: warning: keep_best: {', '.join(missing)} is not measured at step {b.step}; "
+                           "no best checkpoint is kept by it")
+        if self.keeper.offer(b.step, values):
+            if self._ckpt is None:
+                # process_local: in a multi-process run observers run on process 0 alone.
+                self._ckpt = Checkpointer(os.path.join(self._ctx.out, BEST_DIR), keep=1, process_local=True)
+            record = {"step": b.step, "best": self.keeper.best,
+                      "config": dataclasses.asdict(self._ctx.run.config)}
+            self._ckpt.save(b.step, b.state, record)
+        return {}
+
+    def on_end(self, step: int) -> None:
+        if self._ckpt is not None:
+            self._ckpt.wait()
+            self._ckpt.close()
+            self._ckpt = None

@@ -51,9 +51,13 @@ def _add_config_args(p: argparse.ArgumentParser, *, default_preset: str | None) 
                         "penalties=gp:10 (unknown keys list the valid ones)")
 
 
+def _note(message: str) -> None:
+    print(f"jaxgan: note: {message}", file=sys.stderr)
+
+
 def _config_from_args(args, base: configs.Config | None = None) -> configs.Config:
     config = base if base is not None else configs.preset(args.preset or "ring8")
-    overrides = configs.parse_overrides(args.set)
+    overrides = configs.parse_overrides(args.set, warn=_note)
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.seed is not None:
@@ -168,11 +172,11 @@ def cmd_bench(args) -> int:
 def cmd_diagnose(args) -> int:
     from jaxgan import report
 
-    overrides = configs.parse_overrides(args.set)
-    bad = sorted(set(overrides) - configs.DIAG_KEYS)
+    overrides = configs.parse_overrides(args.set, warn=_note)
+    bad = sorted(k for k in overrides if k.split(".", 1)[0] not in configs.DIAG_KEYS)
     if bad:
         raise configs.ConfigError(
-            f"diagnose --set changes only the diagnosis keys ({', '.join(sorted(configs.DIAG_KEYS))}); "
+            f"diagnose --set changes only the diagnosis settings (diag.*, e.g. diag.window=500); "
             f"{', '.join(bad)} would describe a different run"
         )
     if overrides:
@@ -213,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", action="store_true",
                    help="run the detectors again over metrics.jsonl instead of reading events.jsonl")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="replay with other diagnosis settings, e.g. --set diag_window=2000 diag_g_low=0.2")
+                   help="replay with other diagnosis settings, e.g. --set diag.window=500 diag.g_low=0.2")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-report", action="store_true", help="do not write <run>/report/report.{md,html}")
     p.set_defaults(func=cmd_diagnose)

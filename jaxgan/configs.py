@@ -22,6 +22,46 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class DiagConfig:
+    """Diagnosis (:mod:`jaxgan.diagnose`): what to do about failure modes, and each detector's
+    thresholds. Windows count rounds. ``--set diag.<field>=value``."""
+
+    mode: str = "warn"  # warn | stop | off; stop: end a run whose failure lasts diag.stop_after rounds
+    stop_after: int = 2000  # rounds a failure may last, unrecovered, before mode=stop ends the run
+    stop_on_converged: bool = False  # stop when D's accuracy has fallen to a coin flip (converged)
+    quality: str = "auto"  # sample quality for poor_fit/mode_collapse: auto (toy data: every log row), off
+    samples: int = 2500  # generated samples per quality measurement (toy data)
+    warmup: int = 500  # rounds before sample-based detectors judge (a fresh G is a blob off the data)
+    score_warmup: int = 100  # rounds before score-based detectors judge (a fresh D scores 0.5)
+    window: int = 200  # rounds a condition must hold (dominance, collapse, vanishing, converged, poor fit)
+    long_window: int = 1000  # rounds over which non_convergence looks for swings
+    g_low: float = 0.1  # discriminator_dominates: generator score at most this ...
+    d_high: float = 0.85  # ... and discriminator score at least this (also "D confident")
+    g_high: float = 0.7  # generator_dominates: generator score at least this (a tanh D tops out ~0.77)
+    half_band: float = 0.05  # converged: both scores within 0.5 +- this ...
+    acc_band: float = 0.1  # ... D's accuracy within 0.5 +- this ...
+    edge: float = 0.6  # ... after D's score had reached this (D had an edge, then lost it)
+    diversity_min: float = 0.5  # mode_collapse: diversity (fake/real spread) at most this, or
+    modes_min: float = 0.5  # (toy) effective modes at most this fraction of the data's modes
+    quality_min: float = 0.05  # (toy) mode counts judged only when this fraction of samples sits on a mode
+    fit_min: float = 0.5  # poor_fit: high-quality fraction (toy) or precision (images) below this ...
+    fit_band: float = 0.1  # ... while both scores sit within 0.5 +- this (D cannot tell the samples apart)
+    vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
+    osc_std: float = 0.1  # non_convergence: a score's std over the long window at least this,
+    osc_crossings: int = 4  # crossing its mean at least this often, and not damping out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Periodic evaluation during training (:mod:`jaxgan.evaluate`). ``--set eval.<field>=value``."""
+
+    every: int = 0  # rounds between evaluations during training (0: off; a multiple of log_every)
+    samples: int = 2500  # generated (and real) samples per evaluation during training
+    inception: str = ""  # .npz of FID Inception weights (jaxgan.metrics.features.load_inception)
+    classifier_steps: int = 1500  # training steps of the evaluation classifier (labelled images)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything a run needs, as plain values. Field comments are the ``--set`` help."""
 
@@ -57,6 +97,7 @@ class Config:
     d_lr: float = 1e-4
     b1: float = 0.5  # Adam beta1 (both players)
     b2: float = 0.999  # Adam beta2 (both players)
+    lr_decay: str = "none"  # none | cosine | linear: both learning rates decay to 0 over `steps` rounds
     batch_size: int = 512  # global batch (split over devices)
     steps: int = 5000  # rounds to reach (one round = d_steps D updates + g_steps G updates)
     # Penalties and remedies (0 switches one off). `penalties=gp:10,label_flip:0.1` sets several.
@@ -78,51 +119,70 @@ class Config:
     plot_every: int = 1000  # rounds between plots and sample pictures
     ckpt_every: int = 1000  # rounds between checkpoints
     keep_checkpoints: int = 3  # how many recent checkpoints to keep
-    keep_best_metric: str = ""  # also keep the best checkpoint by this logged metric (e.g. an eval score)
-    keep_best_mode: str = "min"  # min | max: which end of keep_best_metric is best
+    keep_best: str = "auto"  # keep the best checkpoint in <run>/best by these metrics, compared in order,
+    #   each `name` or `name:max|min` (e.g. fid_classifier, or modes_captured,high_quality_frac);
+    #   auto: coverage on toy data, else off; off
     tensorboard: bool = True  # write TensorBoard event files (scalars, samples) to <run>/tensorboard
-    # Diagnosis (jaxgan.diagnose): what to do about failure modes, and each detector's threshold.
-    # Windows count rounds; a detector judges the window (t - window, t] once t >= warmup + window.
-    diag: str = "warn"  # warn | stop | off; stop: end a run whose failure lasts diag_stop_after rounds
-    diag_stop_after: int = 2000  # rounds a failure may last, unrecovered, before diag=stop ends the run
-    diag_stop_on_converged: bool = False  # stop when D's accuracy has fallen to a coin flip (converged)
-    diag_best_metric: str = "auto"  # keep the best checkpoint in <run>/best by these logged metrics,
-    # compared in order (e.g. modes_captured,high_quality_frac); auto: that on toy data, else off; off
-    diag_best_mode: str = "max"  # max | min: whether a larger diag_best_metric is better
-    diag_samples: int = 2500  # generated samples for mode coverage at plot/checkpoint steps (toy data)
-    diag_warmup: int = 500  # rounds before any detector but nan may fire (a fresh G is a blob)
-    diag_window: int = 1000  # rounds a condition must hold (dominance, collapse, vanishing, converged)
-    diag_long_window: int = 3000  # rounds over which non_convergence looks for oscillation
-    diag_g_low: float = 0.1  # discriminator_dominates: generator score at most this ...
-    diag_d_high: float = 0.85  # ... and discriminator score at least this (also "D confident")
-    diag_g_high: float = 0.7  # generator_dominates: generator score at least this (a tanh D tops out ~0.77)
-    diag_half_band: float = 0.05  # converged: both scores within 0.5 +- this ...
-    diag_acc_band: float = 0.1  # ... D's accuracy within 0.5 +- this ...
-    diag_edge: float = 0.6  # ... after D's score had reached this (D had an edge, then lost it)
-    diag_diversity_min: float = 0.5  # mode_collapse: diversity (fake/real spread) at most this, or
-    diag_modes_min: float = 0.5  # (toy) effective modes at most this fraction of the data's modes
-    diag_quality_min: float = 0.05  # (toy) judged only when this fraction of samples sits on a mode
-    diag_vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
-    diag_osc_std: float = 0.1  # non_convergence: a score's std over the long window at least this,
-    diag_osc_crossings: int = 4  # crossing its mean at least this often, and not damping out
-    eval_every: int = 0  # rounds between evaluations during training (0: off; a multiple of log_every)
-    eval_samples: int = 2500  # generated (and real) samples per evaluation during training
-    eval_inception: str = ""  # .npz of FID Inception weights (jaxgan.metrics.features.load_inception)
-    eval_classifier_steps: int = 1500  # training steps of the evaluation classifier (labelled images)
+    diag: DiagConfig = DiagConfig()  # diag.<field>: failure-mode diagnosis (jaxgan.diagnose)
+    eval: EvalConfig = EvalConfig()  # eval.<field>: periodic evaluation (jaxgan.evaluate)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown config key(s) {unknown} in saved config; valid keys: {sorted(known)}"
-            )
-        values = {k: _coerce(cls, k, v) for k, v in data.items()}
-        return validate(cls(**values))
+        """A config from its JSON form: nested ``diag``/``eval`` groups, or the flat keys of
+        configs saved before they were grouped (``diag_window``, ``eval_every``, ...)."""
+        data = dict(data)
+        values: dict[str, Any] = {}
+        for group in GROUPS:
+            nested = data.pop(group, None)
+            if isinstance(nested, dict):
+                for key, value in nested.items():
+                    values[f"{group}.{key}"] = value
+            elif nested is not None:
+                values[group] = nested  # an old flat `diag: warn`
+        for key, value in data.items():
+            values[key] = value
+        known = set(_flat_fields())
+        resolved: dict[str, Any] = {}
+        for key, value in values.items():
+            name = LEGACY_KEYS.get(key, key)
+            if name is None:  # dropped: replaced by keep_best (see _legacy_best)
+                continue
+            if name not in known:
+                raise ConfigError(f"unknown config key {key!r} in saved config; valid keys: {sorted(known)}")
+            resolved[name] = _coerce(name, value)
+        best = _legacy_best(values)
+        if best is not None and "keep_best" not in values:
+            resolved["keep_best"] = best
+        return validate(_replace(cls(), resolved))
+
+
+# The groups of nested settings, and the flat keys they replace (still read from saved configs
+# and accepted by --set with a note naming the new key).
+GROUPS = {"diag": DiagConfig, "eval": EvalConfig}
+LEGACY_KEYS: dict[str, str | None] = {
+    "diag": "diag.mode",
+    **{f"diag_{f.name}": f"diag.{f.name}" for f in dataclasses.fields(DiagConfig) if f.name != "mode"},
+    **{f"eval_{f.name}": f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)},
+    "diag_best_metric": None, "diag_best_mode": None, "keep_best_metric": None, "keep_best_mode": None,
+}
+
+
+def _legacy_best(values: dict[str, Any]) -> str | None:
+    """``keep_best`` for a config saved with the two keep-best mechanisms this replaced
+    (``keep_best_metric``/``keep_best_mode`` in the checkpoint manager, ``diag_best_metric``/
+    ``diag_best_mode`` in the diagnosis): the checkpoint manager's when it was set, else the
+    diagnosis's (whose default was ``auto``)."""
+    for metric_key, mode_key in (("keep_best_metric", "keep_best_mode"), ("diag_best_metric", "diag_best_mode")):
+        metric = str(values.get(metric_key, "") or "").strip()
+        if metric:
+            mode = str(values.get(mode_key, "") or "").strip()
+            if metric in ("auto", "off") or not mode:
+                return metric
+            return ",".join(f"{name.strip()}:{mode}" for name in metric.split(","))
+    return None
 
 
 PENALTY_KEYS = (
@@ -140,16 +200,16 @@ PENALTY_KEYS = (
 # None of them changes the trajectory: how far, how often to log/plot/save, what to keep, how
 # the step is spread over devices, what to do on a non-finite update (changed to resume a run
 # stopped by one), and where the (same) TFDS dataset is found.
+# Which config keys may differ between a run's saved config and a resumed one. None of them
+# changes the trajectory: how far, how often to log/plot/save, what to keep, how the step is
+# spread over devices, what to do on a non-finite update (changed to resume a run stopped by
+# one), where the (same) TFDS dataset is found, and what the monitoring and evaluation watch.
 RESUMABLE_CHANGES = frozenset({
-    "steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "keep_best_metric",
-    "keep_best_mode", "devices", "parallel", "nan_policy", "data_dir", "download",
+    "steps", "log_every", "plot_every", "ckpt_every", "keep_checkpoints", "keep_best", "devices", "parallel",
+    "nan_policy", "data_dir", "download", "tensorboard", "diag", "eval",
 })
-# Monitoring settings do not change the trajectory either.
-DIAG_KEYS = frozenset({"tensorboard", *(f for f in Config.__dataclass_fields__ if f.startswith("diag"))})
-RESUMABLE_CHANGES = RESUMABLE_CHANGES | DIAG_KEYS
-# Evaluation settings and where the data lives do not change the trajectory.
-RESUMABLE_CHANGES = RESUMABLE_CHANGES | {"data_dir", "eval_every", "eval_samples", "eval_inception",
-                                         "eval_classifier_steps"}
+# What `jaxgan diagnose --set` may change when it replays a run's metrics.
+DIAG_KEYS = frozenset({"diag"})
 
 
 # ---------------------------------------------------------------------------- presets
@@ -275,14 +335,22 @@ def preset(name: str) -> Config:
 # ---------------------------------------------------------------------------- overrides
 
 
-def _field_types(cls=Config) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+def _flat_fields() -> dict[str, Any]:
+    """Every settable key with its type: top-level fields, and ``group.field`` for the groups."""
+    out: dict[str, Any] = {}
+    for name, typ in typing.get_type_hints(Config).items():
+        if name in GROUPS:
+            for sub, sub_typ in typing.get_type_hints(GROUPS[name]).items():
+                out[f"{name}.{sub}"] = sub_typ
+        else:
+            out[name] = typ
+    return out
 
 
-def _coerce(cls, key: str, value: Any) -> Any:
-    """Turn ``value`` (a string from the command line, or JSON) into field ``key``'s type."""
-    typ = _field_types(cls)[key]
+def _coerce(key: str, value: Any) -> Any:
+    """Turn ``value`` (a string from the command line, or JSON) into the type of key ``key``
+    (a field, or ``group.field``)."""
+    typ = _flat_fields()[key]
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -316,11 +384,28 @@ def _coerce(cls, key: str, value: Any) -> Any:
     return value
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["loss=hinge", "gp=10"]`` -> ``{"loss": "hinge", "gp": 10.0}``; ``penalties=gp:10,r1:1``
-    expands to the penalty keys. Unknown keys and bad values raise :class:`ConfigError` listing
-    the valid keys."""
-    valid = sorted(_field_types())
+def canonical_key(key: str, *, warn: Callable[[str], None] | None = None) -> str:
+    """The current spelling of a settable key: ``diag_window`` -> ``diag.window`` (with a note
+    to ``warn``), ``diag`` -> ``diag.mode``. Keys replaced by ``keep_best`` are refused, naming it."""
+    if key in LEGACY_KEYS:
+        new = LEGACY_KEYS[key]
+        if new is None:
+            raise ConfigError(
+                f"{key} is gone: one keep-best now serves both uses; set keep_best=METRIC[:max|min],... "
+                "(e.g. keep_best=fid_classifier or keep_best=modes_captured,high_quality_frac), auto or off"
+            )
+        if warn is not None and key != "diag":
+            warn(f"{key} is now spelled {new} (the flat spelling still works for now)")
+        return new
+    return key
+
+
+def parse_overrides(items: Iterable[str], *, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``["loss=hinge", "gp=10", "diag.window=300"]`` -> ``{"loss": "hinge", "gp": 10.0,
+    "diag.window": 300}``; ``penalties=gp:10,r1:1`` expands to the penalty keys; flat spellings of
+    grouped keys (``diag_window``) are accepted and renamed (``warn`` gets a note). Unknown keys
+    and bad values raise :class:`ConfigError` listing the valid keys."""
+    valid = _flat_fields()
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -330,9 +415,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if key == "penalties":
             out.update(_parse_penalties(value))
             continue
+        key = canonical_key(key, warn=warn)
         if key not in valid or key == "preset":
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}, penalties")
-        out[key] = _coerce(Config, key, value)
+            names = sorted(k for k in valid if k != "preset")
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(names)}, penalties")
+        out[key] = _coerce(key, value)
     return out
 
 
@@ -349,67 +436,126 @@ def _parse_penalties(text: str) -> dict[str, float]:
                 f"penalties expects name:value pairs such as gp:10,label_flip:0.1; got {part!r}; "
                 f"names: {', '.join(PENALTY_KEYS)}"
             )
-        out[name] = _coerce(Config, name, value)
+        out[name] = _coerce(name, value)
     return out
 
 
+def _replace(config: Config, values: dict[str, Any]) -> Config:
+    """``config`` with ``values`` set: keys are fields or ``group.field`` (not validated)."""
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        group, dot, field = key.partition(".")
+        if dot:
+            if group not in GROUPS or field not in GROUPS[group].__dataclass_fields__:
+                raise ConfigError(f"unknown config key {key!r}")
+            groups.setdefault(group, {})[field] = value
+        elif key in GROUPS and not isinstance(value, GROUPS[key]):
+            raise ConfigError(f"{key} is a group of settings: set {key}.FIELD=value (fields: "
+                              f"{', '.join(GROUPS[key].__dataclass_fields__)})")
+        else:
+            top[key] = value
+    for group, fields in groups.items():
+        top[group] = dataclasses.replace(top.get(group, getattr(config, group)), **fields)
+    return dataclasses.replace(config, **top)
+
+
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    return validate(dataclasses.replace(config, **overrides))
+    """``config`` with ``overrides`` (keys as :func:`parse_overrides` returns them; flat spellings
+    of grouped keys are renamed), validated."""
+    return validate(_replace(config, {canonical_key(k): v for k, v in overrides.items()}))
+
+
+def flat_items(config: Config) -> dict[str, Any]:
+    """``{key: value}`` for every settable key (``group.field`` for the groups)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in GROUPS:
+            out.update({f"{f.name}.{k}": v for k, v in dataclasses.asdict(value).items()})
+        else:
+            out[f.name] = value
+    return out
 
 
 # ---------------------------------------------------------------------------- validation
 
-# Evaluation metrics (jaxgan.evaluate) by which end is best, matched by prefix (``fid`` covers
-# ``fid_classifier``, ``modes`` covers ``modes_captured``); keep-best needs diag_best_mode to agree.
+# Metrics by which end is best, matched by prefix (``fid`` covers ``fid_classifier``, ``modes``
+# covers ``modes_captured``): the direction keep-best takes when keep_best names no :max/:min.
 EVAL_HIGHER_IS_BETTER = ("modes", "high_quality", "precision", "recall", "density", "coverage")
 EVAL_LOWER_IS_BETTER = ("fid", "fd", "kid", "mode_kl")
-# Logged by jaxgan.diagnose at plot/checkpoint steps on toy data, without periodic evaluation.
-DIAG_COVERAGE_METRICS = ("modes_captured", "modes_effective", "high_quality_frac")
+# Measured on toy data by the loop's quality probe (every log row), without periodic evaluation.
+QUALITY_METRICS = ("modes_captured", "modes_effective", "high_quality_frac")
+TOY_BEST = "modes_captured,high_quality_frac"  # keep_best=auto on toy data
 
 
 def metric_direction(name: str) -> str | None:
-    """``"max"`` or ``"min"``: which end of evaluation metric ``name`` is best (None: not one)."""
+    """``"max"`` or ``"min"``: which end of metric ``name`` is best (None: not known)."""
     for prefix in sorted(EVAL_HIGHER_IS_BETTER + EVAL_LOWER_IS_BETTER, key=len, reverse=True):
         if name == prefix or name.startswith(prefix + "_"):
             return "max" if prefix in EVAL_HIGHER_IS_BETTER else "min"
     return None
 
 
-def _validate_best_metric(c: Config, need: Callable[[bool, str, str], None]) -> None:
-    """A keep-best metric from evaluation needs evaluation on, and the mode that prefers its best
-    end: ``diag_best_metric`` (jaxgan.diagnose) and, where the checkpoint manager has it,
-    ``keep_best_metric``."""
-    for metric_key, mode_key in (("diag_best_metric", "diag_best_mode"), ("keep_best_metric", "keep_best_mode")):
-        value = getattr(c, metric_key, "").strip()
-        if value in ("auto", "off", ""):
+def keep_best_spec(value: str, toy: bool) -> tuple[tuple[str, str], ...]:
+    """``keep_best`` as ``((metric, "max"|"min"), ...)`` (empty: off). ``auto`` is mode coverage
+    on toy mixtures and off otherwise; a metric without ``:max``/``:min`` takes the direction
+    :func:`metric_direction` knows. Raises :class:`ConfigError` for an unknown direction."""
+    value = value.strip()
+    if value in ("off", ""):
+        return ()
+    if value == "auto":
+        value = TOY_BEST if toy else ""
+    out = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        name, _, mode = part.partition(":")
+        mode = mode.strip() or (metric_direction(name) or "")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"keep_best={value!r}: say which end of {name} is best, e.g. {name}:max or {name}:min")
+        out.append((name.strip(), mode))
+    return tuple(out)
+
+
+def _validate_keep_best(c: Config, need: Callable[[bool, str, str], None]) -> None:
+    """Each keep-best metric is measured in this run: evaluation metrics need eval.every, and a
+    stated direction must be the metric's right end."""
+    value = c.keep_best.strip()
+    if value in ("auto", "off", ""):
+        return
+    parts = [p.strip() for p in value.split(",")]
+    need(all(parts), "keep_best", "give metric names separated by commas (e.g. modes_captured,high_quality_frac), "
+         "auto or off")
+    for part in parts:
+        name, _, mode = part.partition(":")
+        direction = metric_direction(name)
+        need(mode in ("", "max", "min"), "keep_best", f"{part}: the direction after ':' is max or min")
+        if direction is None:
+            need(bool(mode), "keep_best", f"{name} has no known best end: write {name}:max or {name}:min")
             continue
-        for name in (n.strip() for n in value.split(",")):
-            direction = metric_direction(name)
-            if direction is None:
-                continue
-            need(direction == getattr(c, mode_key), mode_key,
-                 f"{name} is better when {'larger' if direction == 'max' else 'smaller'}: set {mode_key}={direction}")
-            need(c.eval_every > 0 or name in DIAG_COVERAGE_METRICS, metric_key,
-                 f"{name} comes from periodic evaluation: set eval_every (e.g. eval_every={10 * c.log_every})")
+        need(not mode or mode == direction, "keep_best",
+             f"{name} is better when {'larger' if direction == 'max' else 'smaller'}: write {name}:{direction} "
+             f"or just {name}")
+        need(c.eval.every > 0 or name in QUALITY_METRICS, "keep_best",
+             f"{name} comes from periodic evaluation: set eval.every (e.g. eval.every={10 * c.log_every})")
 
 
-def _validate_diag(c: Config, need: Callable[[bool, str, str], None]) -> None:
-    need(c.diag in ("warn", "stop", "off"), "diag", "choose warn (report failure modes), stop (also stop "
+def _validate_diag(d: DiagConfig, need: Callable[[bool, str, str], None]) -> None:
+    need(d.mode in ("warn", "stop", "off"), "diag.mode", "choose warn (report failure modes), stop (also stop "
          "a run whose failure does not recover) or off")
-    need(c.diag_best_mode in ("max", "min"), "diag_best_mode", "choose max or min")
-    names = [n.strip() for n in c.diag_best_metric.split(",")]
-    need(all(names), "diag_best_metric", "give metric names separated by commas (e.g. "
-         "modes_captured,high_quality_frac), auto or off")
-    for key in ("diag_stop_after", "diag_window", "diag_long_window", "diag_samples"):
-        need(getattr(c, key) >= 1, key, "must be >= 1")
-    need(c.diag_warmup >= 0, "diag_warmup", "must be >= 0")
-    need(c.diag_osc_crossings >= 1, "diag_osc_crossings", "must be >= 1")
-    for key in ("diag_g_low", "diag_d_high", "diag_g_high", "diag_edge", "diag_quality_min", "diag_modes_min"):
-        need(0.0 <= getattr(c, key) <= 1.0, key, "is a fraction or a 0-to-1 score: choose a value in [0, 1]")
-    for key in ("diag_half_band", "diag_acc_band"):
-        need(0.0 <= getattr(c, key) <= 0.5, key, "is a distance from 0.5: choose a value in [0, 0.5]")
-    for key in ("diag_diversity_min", "diag_vanish_ratio", "diag_osc_std"):
-        need(getattr(c, key) >= 0.0, key, "must be >= 0")
+    need(d.quality in ("auto", "off"), "diag.quality", "choose auto (measure sample quality where the data allows) "
+         "or off")
+    for key in ("stop_after", "window", "long_window", "samples"):
+        need(getattr(d, key) >= 1, f"diag.{key}", "must be >= 1")
+    need(d.warmup >= 0, "diag.warmup", "must be >= 0")
+    need(d.score_warmup >= 0, "diag.score_warmup", "must be >= 0")
+    need(d.osc_crossings >= 1, "diag.osc_crossings", "must be >= 1")
+    for key in ("g_low", "d_high", "g_high", "edge", "quality_min", "modes_min", "fit_min"):
+        need(0.0 <= getattr(d, key) <= 1.0, f"diag.{key}", "is a fraction or a 0-to-1 score: choose a value in [0, 1]")
+    for key in ("half_band", "acc_band", "fit_band"):
+        need(0.0 <= getattr(d, key) <= 0.5, f"diag.{key}", "is a distance from 0.5: choose a value in [0, 0.5]")
+    for key in ("diversity_min", "vanish_ratio", "osc_std"):
+        need(getattr(d, key) >= 0.0, f"diag.{key}", "must be >= 0")
+
 
 LOSS_NAMES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_squares")
 DATASETS = ("ring8", "grid25", "gaussian1d", "gaussian2d")
@@ -418,18 +564,21 @@ MODELS = ("mlp", "dcgan")
 # A TFDS dataset name: snake_case, optionally /config and :version (e.g. celeb_a, mnist:3.*.*).
 TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9*]+\.[0-9*]+\.[0-9*]+)?")
 D_NORMS = ("batch", "spectral", "none")
+LR_DECAYS = ("none", "cosine", "linear")
 
 
 def validate(c: Config) -> Config:
     """Raise :class:`ConfigError` for a config that cannot run; return it unchanged otherwise."""
 
+    values = flat_items(c)
+
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
-            raise ConfigError(f"{key}={getattr(c, key)!r}: {why}")
+            raise ConfigError(f"{key}={values[key]!r}: {why}")
 
-    for f in dataclasses.fields(c):
-        if isinstance(getattr(c, f.name), float):
-            need(math.isfinite(getattr(c, f.name)), f.name, "must be a finite number")
+    for key, value in values.items():
+        if isinstance(value, float):
+            need(math.isfinite(value), key, "must be a finite number")
     need(c.loss in LOSS_NAMES, "loss", f"unknown loss; choose one of {', '.join(LOSS_NAMES)}")
     # Any other name is looked up in TFDS when the data source is built (before compiling).
     need(
@@ -480,16 +629,16 @@ def validate(c: Config) -> Config:
         f"pack={c.pack}; use a multiple of {c.devices * c.pack}",
     )
     need(c.parallel in PARALLEL_MODES, "parallel", f"choose one of {', '.join(PARALLEL_MODES)}")
-    need(c.keep_best_mode in ("min", "max"), "keep_best_mode", "choose min or max")
     for key in ("log_every", "plot_every", "ckpt_every", "keep_checkpoints"):
         need(getattr(c, key) >= 1, key, "must be >= 1")
-    _validate_diag(c, need)
-    need(c.eval_every >= 0, "eval_every", "must be >= 0 (0: no evaluation during training)")
-    need(c.eval_every % c.log_every == 0, "eval_every",
+    need(c.lr_decay in LR_DECAYS, "lr_decay", f"choose one of {', '.join(LR_DECAYS)}")
+    _validate_diag(c.diag, need)
+    need(c.eval.every >= 0, "eval.every", "must be >= 0 (0: no evaluation during training)")
+    need(c.eval.every % c.log_every == 0, "eval.every",
          f"must be a multiple of log_every={c.log_every} (the loop evaluates between compiled chunks)")
-    need(c.eval_samples >= 10, "eval_samples", "needs at least 10 samples (k-NN metrics, KID subsets)")
-    need(c.eval_classifier_steps >= 1, "eval_classifier_steps", "must be >= 1")
-    _validate_best_metric(c, need)
+    need(c.eval.samples >= 10, "eval.samples", "needs at least 10 samples (k-NN metrics, KID subsets)")
+    need(c.eval.classifier_steps >= 1, "eval.classifier_steps", "must be >= 1")
+    _validate_keep_best(c, need)
     need(all(w >= 1 for w in c.g_hidden) and len(c.g_hidden) >= 1, "g_hidden", "widths >= 1, e.g. 128,128")
     need(all(w >= 1 for w in c.d_hidden) and len(c.d_hidden) >= 1, "d_hidden", "widths >= 1, e.g. 128,128")
     return c

@@ -56,10 +56,7 @@ D's feedback has become noise; :class:`BestKeeper` keeps the best checkpoint by 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -79,8 +76,6 @@ FAILURES = (
 KINDS = (*FAILURES, "converged")
 HYSTERESIS = 0.05  # how far back across a score threshold a value must go to count as recovered
 SCORE_KEYS = ("generator_score", "discriminator_score")
-BEST_FILE = "best.json"
-BEST_DIR = "best"
 
 
 # ----------------------------------------------------------------------------- settings
@@ -88,11 +83,12 @@ BEST_DIR = "best"
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """Each detector's thresholds and windows (config keys ``diag_<field>``; see module doc)."""
+    """Each detector's thresholds and windows (config keys ``diag.<field>``; see module doc)."""
 
     warmup: int = 500
-    window: int = 1000
-    long_window: int = 3000
+    score_warmup: int = 100
+    window: int = 200
+    long_window: int = 1000
     g_low: float = 0.1
     d_high: float = 0.85
     g_high: float = 0.7
@@ -102,13 +98,15 @@ class Thresholds:
     diversity_min: float = 0.5
     modes_min: float = 0.5
     quality_min: float = 0.05
+    fit_min: float = 0.5
+    fit_band: float = 0.1
     vanish_ratio: float = 0.05
     osc_std: float = 0.1
     osc_crossings: int = 4
 
     @classmethod
     def from_config(cls, config: Any) -> Thresholds:
-        return cls(**{f.name: getattr(config, f"diag_{f.name}") for f in dataclasses.fields(cls)})
+        return cls(**{f.name: getattr(config.diag, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +120,8 @@ class Policy:
 
     @classmethod
     def from_config(cls, config: Any) -> Policy:
-        return cls(config.diag, config.diag_stop_after, config.diag_stop_on_converged)
+        d = config.diag
+        return cls(d.mode, d.stop_after, d.stop_on_converged)
 
 
 # ----------------------------------------------------------------------------- remedies
@@ -176,7 +175,7 @@ _GRADIENT_PENALTY = Advice("a gradient penalty on the discriminator",
                            lambda c: f"gp={_more(c.gp, 10.0, 100.0)}" if c.loss == "wasserstein"
                            else f"r1={_more(c.r1, 1.0, 100.0)}")
 _STOP_BEST = Advice("stop training here and keep the best checkpoint",
-                    lambda c: "diag_stop_on_converged=true diag_best_metric=auto")
+                    lambda c: "diag.stop_on_converged=true keep_best=auto")
 _LOOK = Advice("look at the samples: a flat pair of scores can hide a collapsed generator")
 _LOWER_LR = Advice("lower learning rates", lambda c: f"g_lr={c.g_lr / 4:g} d_lr={c.d_lr / 4:g}")
 _BOUNDED = Advice("a bounded critic for the wasserstein loss (gp or weight_clip)", lambda c: "gp=10",
@@ -493,27 +492,7 @@ def detect_converged(h: History, t: int, th: Thresholds, active: bool, ctx) -> F
     return Finding(holds, ev, summary)
 
 
-def detect_nan(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
-    row = ctx.get("row")
-    if row is None or not any(k in row for k in ("d_nonfinite", "g_nonfinite", *SCORE_KEYS)):
-        return None
-    ev: dict[str, Any] = {}
-    for key in ("d_nonfinite", "g_nonfinite"):
-        v = _value(row.get(key, 0.0))
-        if not math.isfinite(v) or v > 0:
-            ev[f"{key}_fraction"] = _r(v)
-    bad = sorted(k for k in (*SCORE_KEYS, "d_loss", "g_loss") if k in row and not math.isfinite(_value(row[k])))
-    if bad:
-        ev["nonfinite_metrics"] = bad
-    parts = [f"{k.split('_')[0].upper()} updates not finite: {v:.3g} of the chunk" for k, v in ev.items()
-             if k.endswith("fraction")]
-    if bad:
-        parts.append(f"non-finite {', '.join(bad)}")
-    return Finding(bool(ev), ev, "; ".join(parts) or "all finite")
-
-
 DETECTORS: dict[str, Detector] = {
-    "nan": detect_nan,
     "discriminator_dominates": detect_discriminator_dominates,
     "generator_dominates": detect_generator_dominates,
     "mode_collapse": detect_mode_collapse,
@@ -550,8 +529,6 @@ class Diagnosis:
         ctx = {"num_modes": self.num_modes, "row": row}
         new: list[Event] = []
         for kind, detect in DETECTORS.items():
-            if kind == "nan" and not any(k in row for k in ("d_nonfinite", "g_nonfinite", *SCORE_KEYS)):
-                continue
             was = kind in self.active
             finding = detect(self.history, step, self.thresholds, was, ctx)
             if finding is None:
@@ -637,211 +614,10 @@ def clean_rows(rows: Iterable[Row]) -> list[Row]:
 
 
 def replay(rows: Iterable[Row], thresholds: Thresholds = Thresholds(), policy: Policy = Policy(), *,
-           config: Any = None, num_modes: int | None = None, origin: int = 0) -> Diagnosis:
-    """Feed logged rows (``metrics.jsonl``: dicts with ``step``) through a fresh :class:`Diagnosis`."""
+           config: Any = None, num_modes: int | None = None, origin: int = 0, clean: bool = True) -> Diagnosis:
+    """Feed logged rows (dicts with ``step``, in step order; ``clean``: pass them through
+    :func:`clean_rows` first) through a fresh :class:`Diagnosis`."""
     diag = Diagnosis(thresholds, policy, config=config, num_modes=num_modes, origin=origin)
-    for row in clean_rows(rows):
+    for row in clean_rows(rows) if clean else rows:
         diag.feed(int(row["step"]), row)
     return diag
-
-
-# ----------------------------------------------------------------------------- toy coverage
-
-
-def mode_coverage(samples: np.ndarray, centers: np.ndarray, std: float) -> dict[str, float]:
-    """Mode coverage of samples ``[N, D]`` on a mixture with ``centers [K, D]`` and ``std``, as
-    the logged floats ``modes_captured``, ``modes_effective``, ``high_quality_frac``.
-
-    The protocol (high quality within 3 std of the nearest centre; captured modes) is
-    :func:`jaxgan.metrics.coverage.mode_coverage`'s. ``modes_effective`` is exp(entropy) of its
-    high-quality mode histogram (= K exp(-reverse KL)): K when they spread evenly over K modes,
-    1 when they all sit on one, and unlike a count it is not moved by a few stray samples; 0
-    when no sample is high quality.
-    """
-    import jax
-
-    cov = jax.device_get(_coverage_fn()(samples, centers, std))
-    counts = np.asarray(cov.counts, np.float64)
-    total = counts.sum()
-    if total > 0:
-        p = counts[counts > 0] / total
-        effective = float(np.exp(-np.sum(p * np.log(p))))
-    else:
-        effective = 0.0
-    return {"modes_captured": float(cov.modes), "modes_effective": effective,
-            "high_quality_frac": float(cov.high_quality)}
-
-
-@functools.cache
-def _coverage_fn():
-    """:func:`jaxgan.metrics.coverage.mode_coverage`, compiled (once per shape)."""
-    import jax
-
-    from jaxgan.metrics import coverage
-
-    return jax.jit(coverage.mode_coverage)
-
-
-# ----------------------------------------------------------------------------- keep best
-
-
-class BestKeeper:
-    """Decides whether a checkpoint is the best so far by logged metrics, compared in order
-    (lexicographic: the second breaks ties of the first), larger better unless ``mode="min"``.
-
-    The record lives in ``<run>/best.json`` so a resumed run remembers its best."""
-
-    def __init__(self, metrics: Sequence[str], mode: str = "max", path: str | None = None):
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be max or min, got {mode!r}")
-        self.metrics = tuple(metrics)
-        self.mode = mode
-        self.path = path
-        self.best: dict[str, Any] | None = None
-        if path is not None and os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                self.best = json.load(f)
-
-    def _key(self, values: dict[str, float]) -> tuple[float, ...]:
-        sign = 1.0 if self.mode == "max" else -1.0
-        return tuple(sign * float(values[m]) for m in self.metrics)
-
-    def offer(self, step: int, values: dict[str, float]) -> bool:
-        """True (and recorded) when ``values`` holds every metric, all finite, and beats the best."""
-        if not all(m in values and math.isfinite(_value(values[m])) for m in self.metrics):
-            return False
-        if self.best is not None and self._key(values) <= self._key(self.best["metrics"]):
-            return False
-        self.best = {"step": int(step), "metrics": {m: float(values[m]) for m in self.metrics},
-                     "mode": self.mode}
-        if self.path is not None:
-            tmp = f"{self.path}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.best, f, indent=2)
-            os.replace(tmp, self.path)
-        return True
-
-
-def best_metrics(name: str, source: Any) -> tuple[str, ...]:
-    """The metrics ``diag_best_metric`` names (``auto``: coverage on toy mixtures, else none)."""
-    name = name.strip()
-    if name in ("off", ""):
-        return ()
-    if name == "auto":
-        return ("modes_captured", "high_quality_frac") if _is_mixture(source) else ()
-    return tuple(n.strip() for n in name.split(","))
-
-
-def _is_mixture(source: Any) -> bool:
-    return getattr(source, "centers", None) is not None and getattr(source, "std", None) is not None
-
-
-# ----------------------------------------------------------------------------- the observer
-
-
-class DiagnosisObserver:
-    """Runs :class:`Diagnosis` inside ``jaxgan.loop.train`` (an ``Observer``; see loop.py).
-
-    At each plot/checkpoint step on toy mixtures it draws ``samples`` from G and logs their mode
-    coverage (``modes_captured``, ``modes_effective``, ``high_quality_frac``), which both
-    ``mode_collapse`` and the keep-best policy read. ``best_saver(step, state, record)`` stores
-    the best checkpoint; by default a one-checkpoint orbax manager in ``<run>/best`` (a hook for
-    :mod:`jaxgan.checkpoint`'s own keep-best).
-    """
-
-    def __init__(self, thresholds: Thresholds = Thresholds(), policy: Policy = Policy(), *,
-                 best_metric: Sequence[str] | str = "auto", best_mode: str = "max", samples: int = 2500,
-                 config: Any = None, best_saver: Callable[[int, Any, dict], None] | None = None):
-        self.thresholds = thresholds
-        self.policy = policy
-        self.best_metric = best_metric
-        self.best_mode = best_mode
-        self.samples = samples
-        self.config = config
-        self.best_saver = best_saver
-        self.diagnosis: Diagnosis | None = None
-        self.best: BestKeeper | None = None
-        self._run = None
-        self._out = ""
-        self._sample = None
-        self._state_at: tuple[int, Any] | None = None
-        self._own_ckpt = None
-
-    @classmethod
-    def from_config(cls, config: Any) -> DiagnosisObserver:
-        return cls(Thresholds.from_config(config), Policy.from_config(config), best_metric=config.diag_best_metric,
-                   best_mode=config.diag_best_mode, samples=config.diag_samples, config=config)
-
-    # -- hooks
-    def on_start(self, run: Any, out: str, start_step: int) -> None:
-        from jaxgan import rundir
-
-        self._run, self._out = run, out
-        self.config = self.config if self.config is not None else run.config
-        source = run.source
-        num_modes = int(source.centers.shape[0]) if _is_mixture(source) and source.centers.shape[0] > 1 else None
-        # A resumed run picks up where it was: replay its rows up to the restart, silently.
-        rows = [r for r in clean_rows(rundir.read_jsonl(os.path.join(out, rundir.METRICS)))
-                if int(r["step"]) <= start_step]
-        origin = 0 if rows else start_step
-        self.diagnosis = replay(rows, self.thresholds, self.policy, config=self.config, num_modes=num_modes,
-                                origin=origin)
-        self.diagnosis.stop_reason = None
-        names = (best_metrics(self.best_metric, source) if isinstance(self.best_metric, str)
-                 else tuple(self.best_metric))
-        if names:
-            self.best = BestKeeper(names, self.best_mode, os.path.join(out, BEST_FILE))
-
-    def on_metrics(self, step: int, row: dict[str, float]) -> list[Event]:
-        events = self.diagnosis.feed(step, row)
-        if self._state_at is not None and self._state_at[0] == step:
-            # The checkpoint-time row of this boundary: its state is still alive (not yet donated).
-            state, self._state_at = self._state_at[1], None
-            if self.best is not None and self.best.offer(step, row):
-                self._save_best(step, state)
-        return events
-
-    def on_checkpoint(self, step: int, state: Any) -> dict[str, float]:
-        self._state_at = (step, state)  # valid until the loop's next chunk (see on_metrics)
-        source = self._run.source
-        if self.diagnosis.num_modes is None:
-            return {}
-        import jax
-
-        if self._sample is None:
-            gan, n = self._run.gan, self.samples
-            self._sample = jax.jit(lambda s, k: gan.sample(s, k, n))
-        key = jax.random.fold_in(jax.random.key(self._run.config.seed), step)
-        samples = np.asarray(self._sample(state, key)).reshape(self.samples, -1)
-        return mode_coverage(samples, source.centers, source.std)
-
-    def should_stop(self) -> str | None:
-        return self.diagnosis.stop_reason if self.diagnosis is not None else None
-
-    def postfix(self) -> dict[str, str]:
-        return {"diag": self.diagnosis.status()} if self.diagnosis is not None else {}
-
-    def on_end(self, step: int, state: Any) -> None:
-        if self._own_ckpt is not None:
-            self._own_ckpt.wait()
-            self._own_ckpt.close()
-            self._own_ckpt = None
-
-    # -- keep best
-    def _save_best(self, step: int, state: Any) -> None:
-        record = {"step": step, "best": self.best.best}
-        if self.best_saver is not None:
-            self.best_saver(step, state, record)
-            return
-        if self._own_ckpt is None:
-            from jaxgan.checkpoint import Checkpointer
-
-            # Synchronous: best saves are rare, and nothing is left half-written if the run then
-            # stops on a NaN (the loop does not call on_end on an exception).
-            # process_local: in a multi-process run observers run on process 0 alone.
-            self._own_ckpt = Checkpointer(os.path.join(self._out, BEST_DIR), keep=1, asynchronous=False,
-                                          process_local=True)
-        config = self.config
-        if dataclasses.is_dataclass(config):
-            record["config"] = dataclasses.asdict(config)
-        self._own_ckpt.save(step, state, record)

@@ -39,15 +39,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import rundir, viz
+from jaxgan.build import Run
 from jaxgan.configs import Config, ConfigError, metric_direction
 from jaxgan.data import toy
-from jaxgan.loop import Observer, Run
 from jaxgan.metrics import classifier as clf_lib
 from jaxgan.metrics import features as feat_lib
 from jaxgan.metrics import fid as fid_lib
 from jaxgan.metrics import kid as kid_lib
 from jaxgan.metrics import modes as modes_lib
 from jaxgan.metrics import prdc as prdc_lib
+from jaxgan.observers import Boundary, Context, Observer, Sampler, sample_key
 
 EVAL_LOG = "eval.jsonl"
 EVAL_PLOT = "eval.png"
@@ -55,7 +56,7 @@ EVAL_DIR = "eval"  # cached classifier
 STACKED = "stacked:"
 
 def better(metric: str) -> str:
-    """``"max"`` or ``"min"``: which end of ``metric`` is best (e.g. for ``diag_best_mode``)."""
+    """``"max"`` or ``"min"``: which end of ``metric`` is best (what ``keep_best`` assumes)."""
     direction = metric_direction(metric)
     if direction is None:
         raise ValueError(f"no direction known for metric {metric!r}")
@@ -328,22 +329,9 @@ def _classifier(config: Config, cache_dir: str, data: dict[str, Any], steps: int
 # ----------------------------------------------------------------------------- runs
 
 
-def sampler(run: Run, n: int, batch_size: int = 500) -> Callable[[Any, jax.Array], np.ndarray]:
-    """``draw(state, key) -> [n, ...]`` generated samples (EMA params when the run keeps them),
-    in batches compiled once: batch b uses ``fold_in(key, b)``."""
-    batch_size = min(batch_size, n)
-    fn = jax.jit(lambda s, k: run.gan.sample(s, k, batch_size))
-
-    def draw(state, key: jax.Array) -> np.ndarray:
-        parts = [np.asarray(fn(state, jax.random.fold_in(key, b))) for b in range(-(-n // batch_size))]
-        return np.concatenate(parts)[:n]
-
-    return draw
-
-
 def sample(run: Run, state, n: int, key: jax.Array, batch_size: int = 500) -> np.ndarray:
-    """``n`` generated samples of ``state`` (see :func:`sampler`)."""
-    return sampler(run, n, batch_size)(state, key)
+    """``n`` generated samples of ``state`` (:class:`jaxgan.observers.Sampler`)."""
+    return Sampler(run.gan, batch_size)(state, key, n)
 
 
 def evaluate_run(
@@ -371,7 +359,7 @@ def evaluate_run(
         state, record = ckpt.restore(run.init_state(), step)
     evaluator = build(config, run_dir, n=n, inception=inception, seed=seed, classifier_steps=classifier_steps,
                       echo=echo, source=run.source)
-    samples = sample(run, state, evaluator.n, jax.random.fold_in(jax.random.key(seed), 2))
+    samples = sample(run, state, evaluator.n, sample_key(seed, int(record["step"])))
     result = {"step": int(record["step"]), **evaluator(samples), "ema": state.ema_params is not None,
               "seed": seed}
     rundir.append_jsonl(os.path.join(run_dir, EVAL_LOG), [result])
@@ -391,60 +379,52 @@ def plot_keys(result: dict[str, Any], evaluator: Evaluator) -> list[str]:
 
 
 class EvalObserver(Observer):
-    """Periodic evaluation during training: every ``config.eval_every`` rounds (and at the last, and
-    at checkpoint steps when ``keep_best_metric`` is an evaluation metric),
-    on ``config.eval_samples`` samples from the EMA generator when the run keeps one. Appends each
-    result to ``eval.jsonl``, redraws ``eval.png`` at plot steps and at the end, and hands the
-    scalars to the loop, which logs them in ``metrics.jsonl`` and feeds them to the other
-    observers (so ``diag_best_metric=fid_classifier`` keeps the best checkpoint by it)."""
+    """Periodic evaluation during training: every ``config.eval.every`` rounds and at the end, on
+    ``config.eval.samples`` of the boundary's shared samples (from the EMA generator when the run
+    keeps one). Appends each result to ``eval.jsonl``, redraws ``eval.png`` at plot steps and at
+    the end (on the writer), and returns the scalars, which the loop hands to the other
+    observers (diagnosis, keep-best) as an ``eval`` row."""
 
     def __init__(self, config: Config, *, echo: Callable[[str], None] = print):
         self.config = config
         self.echo = echo
         self.evaluator: Evaluator | None = None
-        self.run: Run | None = None
-        self.out = ""
         self.last: dict[str, float] = {}
-        self._draw: Callable[[Any, jax.Array], np.ndarray] | None = None
         self._keys: list[str] = []
         self._unplotted = False
 
-    def on_start(self, run: Run, out: str, start_step: int) -> None:
-        self.run, self.out = run, out
+    def on_start(self, ctx: Context) -> None:
+        self._ctx = ctx
         c = self.config
-        self.evaluator = build(c, out, n=c.eval_samples, inception=c.eval_inception or None, seed=c.seed,
-                               classifier_steps=c.eval_classifier_steps, echo=self.echo, source=run.source)
-        self._draw = sampler(run, self.evaluator.n)
+        self.evaluator = build(c, ctx.out, n=c.eval.samples, inception=c.eval.inception or None, seed=c.seed,
+                               classifier_steps=c.eval.classifier_steps, echo=self.echo, source=ctx.run.source)
 
-    def wants_state(self, step: int) -> bool:
+    def wants(self, step: int) -> int:
         c = self.config
-        # Keeping the best checkpoint by an evaluation metric (the checkpoint manager's
-        # keep_best_metric) needs that metric at every checkpoint step, too.
-        best = getattr(c, "keep_best_metric", "")
-        at_ckpt = bool(best) and metric_direction(best) is not None and step % c.ckpt_every == 0
-        return step % c.eval_every == 0 or step == c.steps or at_ckpt
+        return self.evaluator.n if step % c.eval.every == 0 or step == c.steps else -1
 
-    def on_checkpoint(self, step: int, state) -> dict[str, float]:
-        if self.evaluator is None or not self.wants_state(step):
+    def on_boundary(self, b: Boundary) -> dict[str, float]:
+        if self.evaluator is None or self.wants(b.step) < 0 or b.samples is None:
             return {}
-        key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
-        samples = self._draw(state, jax.random.fold_in(key, step))
-        result = {"step": step, **self.evaluator(samples, key=jax.random.fold_in(key, step))}
-        rundir.append_jsonl(os.path.join(self.out, EVAL_LOG), [result])
+        key = jax.random.fold_in(jax.random.key(self.config.seed), b.step)
+        result = {"step": b.step, **self.evaluator(b.samples[: self.evaluator.n], key=key)}
+        rundir.append_jsonl(os.path.join(self._ctx.out, EVAL_LOG), [result])
         self.last = scalars(result)
         self._keys = plot_keys(result, self.evaluator)
         self._unplotted = True
-        if step % self.config.plot_every == 0 or step == self.config.steps:
+        if b.plot or b.final:
             self._plot()
         return self.last
 
     def _plot(self) -> None:
         """``eval.png``: every evaluation in ``eval.jsonl`` so far (a resumed run's too)."""
-        rows = rundir.read_jsonl(os.path.join(self.out, EVAL_LOG))
-        viz.metrics_plot(rows, os.path.join(self.out, EVAL_PLOT), keys=self._keys, title="evaluation over training")
+        rows = rundir.read_jsonl(os.path.join(self._ctx.out, EVAL_LOG))
+        self._ctx.writer.submit("eval.png", functools.partial(viz.metrics_plot, keys=list(self._keys),
+                                                              title="evaluation over training"),
+                                rows, os.path.join(self._ctx.out, EVAL_PLOT))
         self._unplotted = False
 
-    def on_end(self, step: int, state) -> None:
+    def on_end(self, step: int) -> None:
         if self._unplotted:  # stopped between plot steps
             self._plot()
 
@@ -457,4 +437,4 @@ class EvalObserver(Observer):
 
 def observers(config: Config, *, echo: Callable[[str], None] = print) -> tuple[Observer, ...]:
     """The evaluation observers ``config`` asks for (none when ``eval_every == 0``)."""
-    return (EvalObserver(config, echo=echo),) if config.eval_every > 0 else ()
+    return (EvalObserver(config, echo=echo),) if config.eval.every > 0 else ()

@@ -1,27 +1,26 @@
-"""The host-side training loop: the only impure orchestration in jaxgan.
+"""The host-side training loop: run a compiled chunk of rounds; after each, log a row and
+measure sample quality; at plot, checkpoint and observer-requested steps, hand one copy of the
+state and one set of samples to every observer and save a checkpoint.
 
-config -> (GAN, data) -> compiled chunks of rounds -> metrics -> logs, plots, checkpoints.
-The loop dispatches chunk k+1 before it reads chunk k's metrics, so host work overlaps device
-work; it syncs only at plot and checkpoint boundaries (and first checks the chunk was finite, so
-a checkpoint never holds NaNs).
+config -> (GAN, data) -> compiled chunks -> metrics -> observers (:mod:`jaxgan.observers`) ->
+files. Chunk k+1 is dispatched before chunk k's metrics are read, so host work overlaps device
+work; the loop waits for the device only at boundaries (after checking the chunk was finite, so
+a checkpoint never holds NaNs). Drawing and writing files happens on a background writer.
 
 Resuming is exact: a checkpoint holds the whole state, and the data of round t is drawn from
 (seed, t) on device, so the step is the data stream's position. A data source that keeps a
-host-side position instead (an input pipeline's iterator) offers two methods, and the loop stores
-the first in each checkpoint's record (``"data"``) and hands it back to the second on resume:
-
-* ``source.position() -> JSON value``: where the stream stands after the last round trained;
-* ``source.restore_position(position) -> None``: make the next batch the one that follows.
+host-side position instead offers ``position() -> JSON`` and ``restore_position(position)``;
+the loop stores the first in each checkpoint's record (``"data"``) and hands it back on resume.
 
 Exit paths: SIGTERM/SIGINT between chunks saves a checkpoint and returns ``interrupted=True``
-(the CLI exits 75, EX_TEMPFAIL, printing how to resume); a non-finite update under
-``nan_policy=stop`` raises :class:`NonFiniteError` without saving the broken state.
+(the CLI exits 75, printing how to resume); a non-finite update under ``nan_policy=stop``
+raises :class:`~jaxgan.nonfinite.NonFiniteError` without saving the broken state.
 
-Devices (:mod:`jaxgan.parallel`): the chunk runs on ``config.devices`` devices (0: all local
-ones) in ``config.parallel`` mode; checkpoints, observers and plots always see the unreplicated
-state, so a run saved on n devices resumes on any other count. In a multi-process run every
-process runs this loop (checkpoints are collective, orbax writes them once), process 0 alone
-writes logs, plots and summaries, and a stop (signal, observer) is agreed by all processes.
+Devices (:mod:`jaxgan.parallel`): chunks run on ``config.devices`` devices in
+``config.parallel`` mode; checkpoints and observers see the unreplicated state, so a run saved
+on n devices resumes on any other count. In a multi-process run every process runs this loop
+(checkpoints are collective), process 0 alone writes logs, plots and summaries, and a stop
+(signal, observer) is agreed by all processes.
 """
 
 from __future__ import annotations
@@ -38,48 +37,27 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxgan import build, diagnose, parallel, rundir, viz
-from jaxgan.checkpoint import Checkpointer, CheckpointError
+from jaxgan import parallel, rundir
+from jaxgan.build import Run
+from jaxgan.checkpoint import Checkpointer, CheckpointError, KeepBest
 from jaxgan.configs import Config
 from jaxgan.data.host import HostSource, Prefetcher, check_first_batch
-from jaxgan.gan import GAN, GANState
+from jaxgan.gan import GANState
+from jaxgan.nonfinite import NonFiniteError, NonFiniteGuard
+from jaxgan.observers import (
+    Boundary,
+    Context,
+    DiagnosisObserver,
+    MetricsLog,
+    Observer,
+    Plots,
+    Sampler,
+    Writer,
+    quality_probe,
+    sample_key,
+)
 
-
-class Observer:
-    """A host-side watcher of a run (diagnosis, periodic evaluation). Every hook is optional.
-
-    ``on_metrics`` sees each logged row (every row written to ``metrics.jsonl``, including the
-    extra scalars of ``on_checkpoint``) and returns events (dicts with ``step``, ``kind``,
-    ``evidence``, ``remedies``, optionally ``message``) that the loop writes to ``events.jsonl``
-    and prints; ``on_checkpoint`` runs at each checkpoint/plot boundary with the current state;
-    ``should_stop`` asks the loop to save and stop; ``postfix`` adds to the progress bar.
-    """
-
-    def on_start(self, run: Run, out: str, start_step: int) -> None: ...
-
-    def on_metrics(self, step: int, row: dict[str, float]) -> list[dict[str, Any]]:
-        return []
-
-    def on_checkpoint(self, step: int, state: GANState) -> dict[str, float]:
-        """Extra scalars to log at this step (e.g. evaluation metrics)."""
-        return {}
-
-    def wants_state(self, step: int) -> bool:
-        """Whether ``on_checkpoint`` must also run at ``step`` (a multiple of log_every) when it is
-        not a checkpoint or plot boundary (e.g. periodic evaluation)."""
-        return False
-
-    def should_stop(self) -> str | None:
-        return None
-
-    def postfix(self) -> dict[str, str]:
-        return {}
-
-    def on_end(self, step: int, state: GANState) -> None: ...
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced NaN/Inf; the run stopped and kept its last good checkpoint."""
+__all__ = ["NonFiniteError", "Observer", "Run", "RunResult", "default_observers", "train"]
 
 
 @dataclasses.dataclass
@@ -96,26 +74,54 @@ class RunResult:
     stopped_by: str | None = None
 
 
-@dataclasses.dataclass
-class Run:
-    """What a run's pieces are, built once from a config (no state)."""
+def default_observers(config: Config) -> tuple[Observer, ...]:
+    """What every run gets besides its metric files: plots, the best checkpoint (``keep_best``),
+    failure-mode diagnosis (unless ``diag.mode=off``), TensorBoard (unless ``tensorboard=false``)
+    and periodic evaluation (when ``eval.every > 0``)."""
+    out: list[Observer] = [Plots(diversity_min=config.diag.diversity_min), KeepBest(config.keep_best)]
+    if config.diag.mode != "off":
+        out.append(DiagnosisObserver.from_config(config))
+    if config.tensorboard:
+        from jaxgan import tensorboard
 
-    config: Config
-    gan: GAN
-    source: Any
-    example_shape: tuple[int, ...]
+        out.append(tensorboard.TensorBoardObserver())
+    if config.eval.every > 0:
+        from jaxgan import evaluate
+
+        out.append(evaluate.EvalObserver(config))
+    return tuple(out)
+
+
+class MetricWindow:
+    """The per-round metrics since the last logged row; a row is their mean over the finite
+    values (the ``*_nonfinite`` flags say what fraction was skipped). A chunk may end between
+    rows (at a checkpoint), so the window is saved in the checkpoint's record."""
+
+    def __init__(self, values: dict[str, list[float]] | None = None):
+        self.values: dict[str, list[float]] = {k: list(v) for k, v in (values or {}).items()}
 
     @classmethod
-    def from_config(cls, config: Config, *, sync_axis: str | None = None) -> Run:
-        """``sync_axis``: the device axis the networks' batch norm reduces over (sync BN under
-        pmap/shard_map, :attr:`jaxgan.parallel.DataParallel.sync_axis`)."""
-        source = build.data_source(config)
-        shape = tuple(source.example_shape)
-        return cls(config, build.gan(config, shape, sync_axis=sync_axis), source, shape)
+    def from_record(cls, record: dict[str, Any]) -> MetricWindow:
+        saved = record.get("log_window") or {}
+        return cls({k: [math.nan if x is None else x for x in v] for k, v in saved.items()})
 
-    def init_state(self) -> GANState:
-        example = np.zeros((self.config.batch_size, *self.example_shape), np.float32)
-        return jax.jit(self.gan.init)(jax.random.key(self.config.seed), example)
+    def to_record(self) -> dict[str, list[float | None]]:
+        return {k: [x if math.isfinite(x) else None for x in v] for k, v in self.values.items()}
+
+    def add(self, metrics: dict[str, np.ndarray]) -> None:
+        for k, v in metrics.items():
+            self.values.setdefault(k, []).extend(np.asarray(v, np.float64).tolist())
+
+    def mean(self) -> dict[str, float]:
+        out = {}
+        for k, v in self.values.items():
+            a = np.asarray(v, np.float64)
+            finite = np.isfinite(a)
+            out[k] = float(a[finite].mean()) if finite.any() else math.nan
+        return out
+
+    def clear(self) -> None:
+        self.values.clear()
 
 
 class _Signals:
@@ -144,109 +150,107 @@ class _Signals:
         return False
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
+class _Chunks:
+    """The compiled chunks of this run (one per length), their host-fed data and the quality
+    probe dispatched after each: ``run(first, n, state) -> (state, (metrics, quality))``, all
+    on device, nothing waited for."""
 
-    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True,
-                smoothing=0.1)
+    def __init__(self, run: Run, plan: parallel.DataParallel, start: int):
+        config = run.config
+        self.run, self.plan = run, plan
+        self._fns: dict[int, Callable] = {}
+        self._prefetch: Prefetcher | None = None
+        if isinstance(run.source, HostSource):
+            check_first_batch(run.source, start, config.d_steps, config.batch_size)
+            self._prefetch = Prefetcher(run.source, d_steps=config.d_steps, global_batch=config.batch_size,
+                                        total=config.steps, put=plan.put_fed)
+        self._probe = quality_probe(run, config.diag.samples) if config.diag.quality != "off" else None
 
+    def _fn(self, n: int) -> Callable:
+        if n not in self._fns:
+            c = self.run.config
+            if self._prefetch is not None:
+                self._fns[n] = self.plan.train_chunk_fed(self.run.gan, self.run.source.device_transform, c.batch_size)
+            else:
+                self._fns[n] = self.plan.train_chunk(self.run.gan, self.run.source, c.batch_size, n)
+        return self._fns[n]
 
-def _first_nonfinite(metrics: dict[str, np.ndarray], first_step: int) -> tuple[int, str] | None:
-    """(step, player) of the first non-finite update, if any (in a round D updates first)."""
-    flags = []
-    for order, player in enumerate(("d", "g")):
-        values = metrics.get(f"{player}_nonfinite")
-        if values is not None:
-            bad = np.flatnonzero(~(np.asarray(values) == 0.0))
-            if bad.size:
-                flags.append((first_step + int(bad[0]) + 1, order, player))
-    if not flags:
-        return None
-    step, _, player = min(flags)
-    return step, player
+    def run_chunk(self, first: int, n: int, state: GANState):
+        if self._prefetch is None:
+            state, metrics = self._fn(n)(state)
+        else:
+            state, metrics = self._fn(n)(state, self._prefetch.get(first, n))
+        quality = self._probe(self.plan.unplace(state), first + n) if self._probe is not None else None
+        return state, (metrics, quality)
 
-
-def _chunk_mean(values: np.ndarray) -> float:
-    """Mean of a chunk's per-round values over the finite ones (NaN when none is finite)."""
-    values = np.asarray(values, np.float64)
-    finite = np.isfinite(values)
-    return float(values[finite].mean()) if finite.any() else float("nan")
-
-
-def default_observers(config: Config) -> tuple[Observer, ...]:
-    """The observers every run gets: failure-mode diagnosis (unless ``diag=off``), a
-    TensorBoard writer (unless ``tensorboard=false``) and periodic evaluation (when
-    ``eval_every > 0``)."""
-    out: list[Observer] = []
-    if config.diag != "off":
-        out.append(diagnose.DiagnosisObserver.from_config(config))
-    if config.tensorboard:
-        from jaxgan import tensorboard
-
-        out.append(tensorboard.TensorBoardObserver())
-    if config.eval_every > 0:
-        from jaxgan import evaluate  # evaluate builds on this module
-
-        out.extend(evaluate.observers(config))
-    return tuple(out)
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
 
 
-def _plot(run: Run, out: str, state: GANState, step: int, sample_fn, frames: list) -> None:
-    rows = diagnose.clean_rows(rundir.read_jsonl(os.path.join(out, rundir.METRICS)))
-    events = rundir.read_jsonl(os.path.join(out, rundir.EVENTS))
-    viz.score_plot(rows, os.path.join(out, "scores.png"), events)
-    viz.loss_plot(rows, os.path.join(out, "losses.png"), events)
-    centers = getattr(run.source, "centers", None)
-    viz.health_plot(rows, os.path.join(out, "health.png"), events, diversity_min=run.config.diag_diversity_min,
-                    num_modes=len(centers) if centers is not None and len(centers) > 1 else None)
-    samples = np.asarray(sample_fn(state, jax.random.key(step)))
-    shape = run.example_shape
-    if shape == (2,):
-        centers = getattr(run.source, "centers", None)
-        density = getattr(run.source, "log_density", None)
-        path = os.path.join(out, f"samples_{step:06d}.png")
-        viz.scatter_2d(samples, path, log_density=density, centers=centers, title=f"step {step}")
-        frames.append((step, samples))
-        viz.scatter_over_time(frames[-8:], os.path.join(out, "samples_over_time.png"), centers=centers)
-    elif len(shape) == 3:
-        viz.image_grid(samples[:64], os.path.join(out, f"samples_{step:06d}.png"), title=f"step {step}")
+class _Rows:
+    """Turns each chunk's per-round metrics into logged rows: the non-finite guard reads them
+    first, the window averages them, and every ``log_every`` rounds (and at the end) the row,
+    and the chunk's quality measurement, go to the observers; their events are written."""
+
+    def __init__(self, config: Config, out: str, observers, guard: NonFiniteGuard, window: MetricWindow,
+                 say: Callable[[str], None], bar, main: bool):
+        self.config, self.out, self.observers, self.guard, self.window = config, out, observers, guard, window
+        self.say, self.bar, self.main = say, bar, main
+        self.last: dict[str, float] = {}
+
+    def consume(self, first: int, outputs) -> None:
+        metrics, quality = jax.device_get(outputs)
+        n = len(next(iter(metrics.values())))
+        try:
+            self.emit(self.guard.check(first, metrics))
+        except NonFiniteError as err:
+            bad = {k: float(np.asarray(v)[err.event["step"] - first - 1]) for k, v in metrics.items()}
+            self.log(err.event["step"], bad, "train")
+            self.emit([err.event])
+            raise
+        self.window.add(metrics)
+        self.last = self.window.mean()
+        step = first + n
+        if step % self.config.log_every == 0 or step == self.config.steps:
+            self.window.clear()
+            self.log(step, self.last, "train")
+            if quality is not None:
+                self.log(step, {k: float(v) for k, v in quality.items()}, "quality")
+        if self.main:
+            post = {"G": f"{self.last['generator_score']:.2f}", "D": f"{self.last['discriminator_score']:.2f}"}
+            if self.guard.skipped:
+                post["skipped"] = self.guard.skipped
+            for obs in self.observers:
+                post.update(obs.postfix())
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def log(self, step: int, row: dict[str, float], stream: str) -> None:
+        """Hand a row to every observer (the metrics log writes it) and write their events."""
+        events = []
+        for obs in self.observers:
+            events += obs.on_row(step, row, stream)
+        self.emit(events)
+
+    def emit(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        if self.main:
+            rundir.append_jsonl(os.path.join(self.out, rundir.EVENTS), events)
+        for ev in events:
+            for obs in self.observers:
+                obs.on_event(ev)
+            what = f"{ev['kind']}: {ev['message']}" if ev.get("message") else ev["kind"]
+            tip = f" Try: {ev['remedies'][0]}" if ev.get("remedies") else ""
+            self.say(f"jaxgan: step {ev['step']}: {what}.{tip}")
 
 
-def _events_path(out: str) -> str:
-    return os.path.join(out, rundir.EVENTS)
-
-
-def _emit(out: str, events: list[dict[str, Any]], echo: Callable[[str], None]) -> None:
-    if not events:
-        return
-    rundir.append_jsonl(_events_path(out), events)
-    for ev in events:
-        what = f"{ev['kind']}: {ev['message']}" if ev.get("message") else ev["kind"]
-        tip = f" Try: {ev['remedies'][0]}" if ev.get("remedies") else ""
-        echo(f"jaxgan: step {ev['step']}: {what}.{tip}")
-
-
-def _next_boundary(step: int, total: int, config: Config) -> int:
+def next_boundary(step: int, total: int, config: Config) -> int:
     """The end of the chunk starting at ``step``: the next multiple of log_every, ckpt_every or
     plot_every, or ``total`` (so checkpoints land where ckpt_every says, whatever log_every is)."""
     ends = [(step // every + 1) * every for every in (config.log_every, config.ckpt_every, config.plot_every)]
     return min([*ends, total])
-
-
-def _likely_cause(config: Config, player: str) -> str:
-    """The likeliest reasons for a non-finite update, read from the config."""
-    causes = []
-    lr = config.d_lr if player == "d" else config.g_lr
-    if lr > 1e-2:
-        causes.append(f"{player}_lr={lr:g} is far above Adam's usual 1e-4..1e-3")
-    if config.loss == "wasserstein" and config.gp == 0 and config.weight_clip == 0:
-        causes.append("the wasserstein critic is unbounded without gp or weight_clip")
-    if not causes:
-        causes.append("learning rates too high for this loss and model (lower g_lr/d_lr), or too strong a penalty")
-    return "; ".join(causes)
-
-
-SKIP_STREAK_LIMIT = 50  # consecutive rounds with every update of a player skipped: stop
 
 
 def _restore_position(source: Any, position: Any, step: int) -> None:
@@ -264,9 +268,8 @@ def _restore_position(source: Any, position: Any, step: int) -> None:
         source.restore_position(position)
 
 
-def _resume(
-    run: Run, out: str, ckpt: Checkpointer, state: GANState, echo, main: bool = True, using: str = "1 device"
-) -> tuple[GANState, int, dict]:
+def _resume(run: Run, out: str, ckpt: Checkpointer, state: GANState, echo, main: bool,
+            using: str) -> tuple[GANState, int, dict]:
     """Restore the latest checkpoint of ``out`` into the layout of ``state``: ``(state, step,
     record)`` (record ``{}`` if none). Only the ``main`` process trims the logs."""
     config = run.config
@@ -307,6 +310,51 @@ def _resume(
     return state, step, record
 
 
+def _prepare(config: Config, out: str, echo, main: bool):
+    """Everything checked and built before training: ``(plan, run, state, ckpt, start, record)``.
+    Refusals come first (the run directory is only read, the batch split checked), so a bad
+    input writes nothing."""
+    plan = parallel.plan(config.parallel, config.devices)
+    local = plan.local_batch(config.batch_size)
+    if local % config.pack:
+        raise parallel.ParallelError(
+            f"batch_size={config.batch_size} gives each of {plan.num_devices} devices {local} examples, not a "
+            f"multiple of pack={config.pack}: use a batch_size that is a multiple of {plan.num_devices * config.pack}"
+        )
+    resuming = rundir.inspect(out, config) if main else False
+    run = Run.from_config(config, sync_axis=plan.sync_axis)
+    state = run.init_state()
+    if main and not resuming:
+        rundir.create(out, config)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxgan: run directory ready")
+        if not main:  # the directory process 0 has prepared (read only here)
+            resuming = rundir.inspect(out, config)
+    ckpt = Checkpointer(os.path.join(out, rundir.CHECKPOINTS), keep=config.keep_checkpoints)
+    start, record = 0, {}
+    try:
+        if resuming:
+            state, start, record = _resume(run, out, ckpt, plan.restore_target(state), echo, main, plan.describe())
+            if main:
+                rundir.update_config(out, config)
+        else:
+            echo(f"jaxgan: training {config.preset} into {out} ({config.steps} steps, {jax.device_count()} "
+                 f"{jax.devices()[0].platform} device(s) visible, {plan.describe()})")
+    except BaseException:
+        ckpt.close()
+        raise
+    return plan, run, state, ckpt, start, record
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True,
+                smoothing=0.1)
+
+
 def train(
     config: Config,
     out: str,
@@ -317,249 +365,92 @@ def train(
 ) -> RunResult:
     """Train ``config`` into run directory ``out`` (resuming it if it holds this run).
 
-    Everything that can be refused is checked before anything is written or compiled: the run
-    directory (read only), then the data and the model. Checkpoints are saved every
-    ``ckpt_every`` rounds, at the end, and when SIGTERM/SIGINT arrives (the run then stops and
-    prints how to resume). A non-finite update stops the run (``nan_policy=stop``; raises
-    :class:`NonFiniteError`, keeping the last good checkpoint) or is skipped and counted
-    (``nan_policy=skip``).
-
-    ``observers=None`` uses :func:`default_observers` (diagnosis and TensorBoard, as the config
-    says); pass ``()`` for none.
+    Every chunk: dispatch it, then read the previous one's metrics (the non-finite guard, the
+    logged row, the quality probe). At a boundary (plot, checkpoint, or a step an observer
+    wants): one unreplicated copy of the state and one set of samples go to every observer,
+    then the checkpoint is saved. ``observers=None`` uses :func:`default_observers`; pass ``()``
+    for none (the run then writes its config, metric files, events and checkpoints only).
     """
-    plan = parallel.plan(config.parallel, config.devices)
-    local = plan.local_batch(config.batch_size)  # refuse a batch that does not split, before any work
-    if local % config.pack:
-        raise parallel.ParallelError(
-            f"batch_size={config.batch_size} gives each of {plan.num_devices} devices {local} examples, not a "
-            f"multiple of pack={config.pack}: use a batch_size that is a multiple of {plan.num_devices * config.pack}"
-        )
     main = parallel.is_main_process()
     if not main:  # one process writes the run directory, the others only checkpoint with it
         echo, progress, observers = (lambda _msg: None), False, ()
-    resuming = rundir.inspect(out, config) if main else False
-    run = Run.from_config(config, sync_axis=plan.sync_axis)
+    plan, run, state, ckpt, start, record = _prepare(config, out, echo, main)
     total = config.steps
-    state = run.init_state()
-    if main and not resuming:
-        rundir.create(out, config)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxgan: run directory ready")
-        if not main:  # the directory process 0 has prepared (read only here)
-            resuming = rundir.inspect(out, config)
-    if observers is None:
-        observers = default_observers(config)
-    ckpt = Checkpointer(
-        os.path.join(out, rundir.CHECKPOINTS), keep=config.keep_checkpoints,
-        best_metric=config.keep_best_metric or None, best_mode=config.keep_best_mode,
-    )
-    start, record = 0, {}
-    using = plan.describe()
-    try:
-        if resuming:
-            state, start, record = _resume(run, out, ckpt, plan.restore_target(state), echo, main, using)
-            if main:
-                rundir.update_config(out, config)
-        else:
-            echo(f"jaxgan: training {config.preset} into {out} ({total} steps, {jax.device_count()} "
-                 f"{jax.devices()[0].platform} device(s) visible, {using})")
-    except BaseException:
-        ckpt.close()
-        raise
     if start >= total:
         echo(f"jaxgan: {out} is already at step {start} >= --steps {total}; raise --steps to train on")
         ckpt.close()
         return RunResult(out, state, start, start, 0.0, 0.0, {}, skipped_updates=int(record.get("skipped_updates", 0)))
-    for obs in observers:
-        obs.on_start(run, out, start)
-    state = plan.place(state)  # the unreplicated state -> this mode's layout
-
-    chunk_fns: dict[int, Callable] = {}
-    # Host-fed data (TFDS images): chunks scan over stacked host batches, made ahead of time.
-    host_fed = isinstance(run.source, HostSource)
-    prefetch: Prefetcher | None = None
-    if host_fed:
-        check_first_batch(run.source, start, config.d_steps, config.batch_size)
-        prefetch = Prefetcher(run.source, d_steps=config.d_steps, global_batch=config.batch_size, total=total,
-                              put=plan.put_fed)
-
-    def chunk_fn(n: int):
-        if n not in chunk_fns:
-            if host_fed:
-                chunk_fns[n] = plan.train_chunk_fed(run.gan, run.source.device_transform, config.batch_size)
-            else:
-                chunk_fns[n] = plan.train_chunk(run.gan, run.source, config.batch_size, n)
-        return chunk_fns[n]
-
-    def run_chunk(first: int, n: int, state: GANState):
-        if prefetch is None:
-            return chunk_fn(n)(state)
-        return chunk_fn(n)(state, prefetch.get(first, n))
-
-    n_plot = 1000 if run.example_shape == (2,) else 64
-    sample_fn = jax.jit(lambda s, k: run.gan.sample(s, k, n_plot))
-    metrics_path = os.path.join(out, rundir.METRICS)
-    frames: list = []
-    step = start
-    last: dict[str, float] = {}
-    skipped = int(record.get("skipped_updates", 0))
-    # Per-round metrics since the last logged row (a row is their mean over log_every rounds). A
-    # chunk may end between rows (at a checkpoint), so this is carried in the checkpoint too.
-    window: dict[str, list[float]] = {
-        k: [math.nan if x is None else x for x in v] for k, v in (record.get("log_window") or {}).items()
-    }
-    streak = {"d": 0, "g": 0}  # consecutive rounds with every update of the player skipped
-    steps_per_round = {"d": config.d_steps, "g": config.g_steps}
-    who = {"d": "discriminator", "g": "generator"}
-    t0 = time.perf_counter()
+    observers = default_observers(config) if observers is None else tuple(observers)
+    if main:  # the metric files are the run's record, whatever else watches it
+        observers = (MetricsLog(), *observers)
+    writer = Writer()
     bar = _progress(total, start, progress)
     say = bar.write if (progress and echo is print) else echo  # event lines above the bar, not through it
-    interrupted = False
-    stop_reason: str | None = None
-    warned: set[str] = set()
-
-    def fail(bad_step: int, player: str, what: str) -> NonFiniteError:
-        saved = [s for s in ckpt.all_steps() if s < bad_step]
-        kept = (f"the last good checkpoint (step {saved[-1]}) in {ckpt.directory} is kept" if saved
-                else f"no checkpoint was saved before it (ckpt_every={config.ckpt_every})")
-        ways = ["start a new run (another --out) with lower g_lr/d_lr"]
-        if saved and config.nan_policy == "stop":
-            ways.append(f"continue this one skipping such updates: jaxgan train --out {shlex.quote(out)} "
-                        "--set nan_policy=skip")
-        return NonFiniteError(
-            f"step {bad_step}: {what} (likely cause: {_likely_cause(config, player)}). Stopped; {kept}. "
-            f"Way out: {', or '.join(ways)}"
-        )
-
-    def handle(first_step: int, metrics_dev) -> None:
-        nonlocal last, skipped
-        metrics = jax.device_get(metrics_dev)
-        n = len(next(iter(metrics.values())))
-        bad = _first_nonfinite(metrics, first_step)
-        if bad is not None and config.nan_policy == "stop":
-            bad_step, player = bad
-            row = {k: float(v[bad_step - first_step - 1]) for k, v in metrics.items()}
-            if main:
-                rundir.append_jsonl(metrics_path, [{"step": bad_step, **row}])
-                rundir.append_jsonl(_events_path(out), [{
-                    "step": bad_step, "kind": "nan", "evidence": {"player": who[player]},
-                    "remedies": list(diagnose.REMEDIES["nan"]),
-                }])
-            values = f"{player}_loss={row.get(f'{player}_loss', math.nan):.4g}, " \
-                     f"{player}_grad_norm={row.get(f'{player}_grad_norm', math.nan):.4g}"
-            raise fail(bad_step, player, f"the {who[player]} update produced NaN/Inf ({values})")
-        for p in ("d", "g"):
-            flags = np.asarray(metrics.get(f"{p}_nonfinite", np.zeros(n)), np.float64)
-            skipped += round(float(np.sum(flags)) * steps_per_round[p])
-            for i, f in enumerate(flags):
-                streak[p] = streak[p] + 1 if f >= 1.0 else 0
-                if streak[p] >= SKIP_STREAK_LIMIT:
-                    raise fail(first_step + i + 1, p, f"every {who[p]} update of the last {SKIP_STREAK_LIMIT} "
-                               "rounds was non-finite and skipped (nan_policy=skip), so training is not moving")
-        for k, v in metrics.items():
-            window.setdefault(k, []).extend(np.asarray(v, np.float64).tolist())
-        # The row is the mean over the rounds since the last row (finite values only; the
-        # *_nonfinite flags say what fraction was skipped): one round is too noisy to read.
-        last = {k: _chunk_mean(v) for k, v in window.items()}
-        row_step = first_step + n
-        if row_step % config.log_every == 0 or row_step == total:
-            window.clear()
-            if main:
-                rundir.append_jsonl(metrics_path, [{"step": row_step, **last}])
-            for obs in observers:
-                _emit(out, obs.on_metrics(row_step, last), say)
-        if not main:
-            return
-        post = {"G": f"{last['generator_score']:.2f}", "D": f"{last['discriminator_score']:.2f}"}
-        if skipped:
-            post["skipped"] = skipped
+    guard = NonFiniteGuard(config, out, ckpt.all_steps, ckpt.directory, int(record.get("skipped_updates", 0)))
+    rows = _Rows(config, out, observers, guard, MetricWindow.from_record(record), say, bar, main)
+    sampler = Sampler(run.gan)
+    chunks = None
+    step, stop_reason, interrupted, failed = start, None, False, False
+    t0 = time.perf_counter()
+    try:
         for obs in observers:
-            post.update(obs.postfix())
-        bar.set_postfix(post, refresh=False)
-        bar.update(row_step - bar.n)
-
-    def boundary(step: int, state: GANState, ckpt_due: bool, plot_due: bool) -> None:
-        state = plan.unplace(state)  # observers, checkpoints and plots see one unreplicated copy
-        extra: dict[str, float] = {}
-        for obs in observers:
-            extra.update(obs.on_checkpoint(step, state))
-        if extra:
-            rundir.append_jsonl(metrics_path, [{"step": step, **extra}])
-            for obs in observers:  # every logged row reaches the observers, these too
-                _emit(out, obs.on_metrics(step, extra), say)
-        if ckpt_due:  # the unreplicated state resumes on any number of devices
-            position = run.source.position() if hasattr(run.source, "position") else None
-            scalars = {k: v if math.isfinite(v) else None for k, v in {**last, **extra}.items()}
-            record = {"step": step, "config": dataclasses.asdict(config), "data": position,
-                      "skipped_updates": skipped, "metrics": scalars,
-                      "log_window": {k: [x if math.isfinite(x) else None for x in v] for k, v in window.items()}}
-            best = config.keep_best_metric
-            if best and best not in scalars and best not in warned:
-                warned.add(best)
-                echo(f"jaxgan: warning: keep_best_metric={best!r} is not among the metrics at step {step} "
-                     f"({', '.join(sorted(scalars))}); such checkpoints are kept by recency only")
-            ckpt.save(step, plan.for_checkpoint(state), record, metrics=scalars)
-        if plot_due and main:
-            _plot(run, out, state, step, sample_fn, frames)
-
-    def write_summary(wall: float, stopped_by: str | None, final: int | None = None) -> None:
-        if not main:
-            return
-        final = step if final is None else final
-        rundir.write_json(os.path.join(out, rundir.SUMMARY), {
-            "start_step": start, "final_step": final, "wall_s": round(wall, 3),
-            "steps_per_s": round((final - start) / wall, 2) if wall > 0 else 0.0, "skipped_updates": skipped,
-            "stopped_by": stopped_by, "devices": plan.num_devices, "parallel": plan.mode, **last,
-        })
-
-    with _Signals() as signals:
-        pending = None
-        try:
+            obs.on_start(Context(run, out, start, writer, echo))
+        chunks = _Chunks(run, plan, start)
+        state = plan.place(state)  # the unreplicated state -> this mode's layout
+        with _Signals() as signals:
+            pending = None
             while step < total:
-                first, step = step, _next_boundary(step, total, config)
-                state, metrics_dev = run_chunk(first, step - first, state)
+                first, step = step, next_boundary(step, total, config)
+                state, outputs = chunks.run_chunk(first, step - first, state)
                 if pending is not None:
-                    handle(*pending)  # overlaps with the chunk just dispatched
-                pending = (first, metrics_dev)
-                stop_reason = signals.received or next(
-                    (r for r in (obs.should_stop() for obs in observers) if r), None
-                )
+                    rows.consume(*pending)  # overlaps with the chunk just dispatched
+                pending = (first, outputs)
+                stop_reason = signals.received or next((r for r in (o.should_stop() for o in observers) if r), None)
                 if parallel.agree(stop_reason is not None) and stop_reason is None:
                     stop_reason = "another process stopped"
-                plot_due = step % config.plot_every == 0 or step == total or stop_reason is not None
+                plot = step % config.plot_every == 0 or step == total or stop_reason is not None
                 ckpt_due = step % config.ckpt_every == 0 or step == total or stop_reason is not None
-                wanted = any(getattr(obs, "wants_state", lambda _: False)(step) for obs in observers)
-                if plot_due or ckpt_due or wanted:
-                    handle(*pending)
+                wanted = max((o.wants(step) for o in observers), default=-1)
+                if plot or ckpt_due or wanted >= 0:
+                    rows.consume(*pending)
                     pending = None
-                    boundary(step, state, ckpt_due, plot_due)
+                    _boundary(step, state, plot, ckpt_due, step == total or stop_reason is not None, plan, run,
+                              observers, sampler, ckpt, rows, guard, writer)
                 if stop_reason is not None:
                     interrupted = signals.received is not None
                     break
             if pending is not None:
-                handle(*pending)
-        except NonFiniteError as err:
-            kept = [s for s in ckpt.all_steps() if s > start]  # the state to resume from
-            write_summary(time.perf_counter() - t0, f"non-finite update: {err}", kept[-1] if kept else start)
-            raise
+                rows.consume(*pending)
+    except NonFiniteError as err:
+        failed = True
+        kept = [s for s in ckpt.all_steps() if s > start]  # the state to resume from
+        _write_summary(out, main, start, kept[-1] if kept else start, time.perf_counter() - t0,
+                       f"non-finite update: {err}", guard.skipped, plan, rows.last)
+        raise
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if chunks is not None:
+            chunks.close()
+        bar.close()
+        try:
+            ckpt.wait()
         finally:
-            if prefetch is not None:
-                prefetch.close()
-            bar.close()
-            try:
-                ckpt.wait()
-            finally:
-                ckpt.close()
-    state = plan.unplace(state)
-    for obs in observers:
-        obs.on_end(step, state)
+            ckpt.close()
+            for obs in observers:
+                obs.on_end(step)
+            if failed:
+                try:
+                    writer.close()
+                except Exception:
+                    pass
+    writer.close()
     wall = time.perf_counter() - t0
     rate = (step - start) / wall if wall > 0 else 0.0
-    write_summary(wall, stop_reason)
-    if skipped:
-        echo(f"jaxgan: skipped {skipped} non-finite update(s) so far (nan_policy=skip)")
+    _write_summary(out, main, start, step, wall, stop_reason, guard.skipped, plan, rows.last)
+    if guard.skipped:
+        echo(f"jaxgan: skipped {guard.skipped} non-finite update(s) so far (nan_policy=skip)")
     if interrupted:
         echo(f"jaxgan: received {signals.received}; saved a checkpoint at step {step} of {total}. "
              f"Resume with: jaxgan train --out {shlex.quote(out)}")
@@ -567,4 +458,38 @@ def train(
         echo(f"jaxgan: stopped at step {step}: {stop_reason}; checkpoint saved in {out}")
     else:
         echo(f"jaxgan: done: step {step} in {wall:.1f} s ({rate:.1f} steps/s); outputs in {out}")
-    return RunResult(out, state, start, step, wall, rate, last, interrupted, skipped, stop_reason)
+    return RunResult(out, plan.unplace(state), start, step, wall, rate, rows.last, interrupted, guard.skipped,
+                     stop_reason)
+
+
+def _boundary(step: int, state, plot: bool, ckpt_due: bool, final: bool, plan, run: Run, observers, sampler,
+              ckpt: Checkpointer, rows: _Rows, guard: NonFiniteGuard, writer: Writer) -> None:
+    """One unreplicated copy of the state and one set of samples for every observer; their
+    measurements are logged as ``eval`` rows; then the checkpoint (from the same copy)."""
+    writer.check()
+    host = plan.unplace(state)
+    n = max((o.wants(step) for o in observers), default=-1)
+    samples = sampler(host, sample_key(run.config.seed, step), n) if n > 0 else None
+    boundary = Boundary(step, host, samples, plot, ckpt_due, final)
+    for obs in observers:
+        measured = obs.on_boundary(boundary)
+        if measured:
+            rows.log(step, measured, "eval")
+    if ckpt_due:  # the unreplicated state resumes on any number of devices
+        source = run.source
+        scalars = {k: v if math.isfinite(v) else None for k, v in rows.last.items()}
+        record = {"step": step, "config": dataclasses.asdict(run.config),
+                  "data": source.position() if hasattr(source, "position") else None,
+                  "skipped_updates": guard.skipped, "metrics": scalars, "log_window": rows.window.to_record()}
+        ckpt.save(step, plan.for_checkpoint(host), record)
+
+
+def _write_summary(out: str, main: bool, start: int, final: int, wall: float, stopped_by: str | None,
+                   skipped: int, plan, last: dict[str, float]) -> None:
+    if not main:
+        return
+    rundir.write_json(os.path.join(out, rundir.SUMMARY), {
+        "start_step": start, "final_step": final, "wall_s": round(wall, 3),
+        "steps_per_s": round((final - start) / wall, 2) if wall > 0 else 0.0, "skipped_updates": skipped,
+        "stopped_by": stopped_by, "devices": plan.num_devices, "parallel": plan.mode, **last,
+    })

@@ -1,7 +1,7 @@
 """What a run is doing, in words: the summary and one-page report of ``jaxgan diagnose``.
 
 Reads a run directory (finished, stopped, or still training): its config, ``metrics.jsonl``,
-``events.jsonl`` and ``summary.json``. Says where the game stands (both scores, D's accuracy,
+``quality.jsonl``, ``events.jsonl`` and ``summary.json``. Says where the game stands (both scores, D's accuracy,
 diversity, mode coverage, averaged over the last window), which failures were diagnosed and
 which are still on, and what to try next; writes ``report.md`` and a self-contained
 ``report.html`` with the plots into ``<run>/report/``. With ``replay`` the detectors are run
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxgan import diagnose, rundir
+from jaxgan import checkpoint, configs, diagnose, rundir
 from jaxgan.configs import Config
 
 REPORT_DIR = "report"
@@ -120,7 +120,7 @@ def advice(active: dict[str, int], events: list[dict[str, Any]], final: dict[str
                    f"{100 * final.get('high_quality_frac', 0.0):.0f}% of samples high quality")
     if best is not None:
         metrics = ", ".join(f"{k}={v:g}" for k, v in best["metrics"].items())
-        out.append(f"best checkpoint: step {best['step']} ({metrics}) in {os.path.join(run, diagnose.BEST_DIR)}")
+        out.append(f"best checkpoint: step {best['step']} ({metrics}) in {os.path.join(run, checkpoint.BEST_DIR)}")
     return out
 
 
@@ -129,8 +129,8 @@ def summarize(run: str, *, replay: bool = False, overrides: dict[str, Any] | Non
     (with ``overrides`` of the ``diag_*`` keys), instead of reading its ``events.jsonl``."""
     config = rundir.load_config(run)
     if overrides:
-        config = dataclasses.replace(config, **overrides)
-    rows = diagnose.clean_rows(rundir.read_jsonl(os.path.join(run, rundir.METRICS)))
+        config = configs.apply_overrides(config, overrides)
+    rows = _rows(run)
     if not rows:
         raise rundir.RunDirError(f"{run!r} has no metrics yet: wait for its first logged step "
                                  f"(every {config.log_every} steps)")
@@ -143,8 +143,8 @@ def summarize(run: str, *, replay: bool = False, overrides: dict[str, Any] | Non
     else:
         events = rundir.read_jsonl(os.path.join(run, rundir.EVENTS))
         active = _active(events)
-    final, window = _final(rows, last_step, config.diag_window)
-    best_path = os.path.join(run, diagnose.BEST_FILE)
+    final, window = _final(rows, last_step, config.diag.window)
+    best_path = os.path.join(run, checkpoint.BEST_FILE)
     best = None
     if os.path.isfile(best_path):
         with open(best_path, encoding="utf-8") as f:
@@ -155,6 +155,14 @@ def summarize(run: str, *, replay: bool = False, overrides: dict[str, Any] | Non
         advice=advice(active, events, final, config, num_modes, best, run), best=best, replayed=replay,
         num_modes=num_modes,
     )
+
+
+def _rows(run: str) -> list[dict[str, Any]]:
+    """The training rows and the sample-quality rows of a run, in step order."""
+    rows = []
+    for name in (rundir.METRICS, rundir.QUALITY):
+        rows += diagnose.clean_rows(rundir.read_jsonl(os.path.join(run, name)))
+    return sorted(rows, key=lambda r: int(r["step"]))
 
 
 def _active(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -200,9 +208,10 @@ def _plots(run: str, s: Summary, config: Config, out_dir: str) -> list[str]:
     from jaxgan import viz
 
     rows = diagnose.clean_rows(rundir.read_jsonl(os.path.join(run, rundir.METRICS)))
+    quality = diagnose.clean_rows(rundir.read_jsonl(os.path.join(run, rundir.QUALITY)))
     viz.score_plot(rows, os.path.join(out_dir, "scores.png"), s.events)
-    viz.health_plot(rows, os.path.join(out_dir, "health.png"), s.events, diversity_min=config.diag_diversity_min,
-                    num_modes=s.num_modes)
+    viz.health_plot(rows, os.path.join(out_dir, "health.png"), s.events, quality=quality,
+                    diversity_min=config.diag.diversity_min, num_modes=s.num_modes)
     viz.loss_plot(rows, os.path.join(out_dir, "losses.png"), s.events)
     paths = [os.path.join(out_dir, name) for name in PLOTS]
     samples = sorted(n for n in os.listdir(run) if n.startswith("samples_") and n.endswith(".png"))

@@ -3,7 +3,8 @@
 Layout::
 
     config.json       the run's Config (written once, before training starts)
-    metrics.jsonl     one JSON object per logged step: {"step": ..., every metric}
+    metrics.jsonl     one JSON object per logged step: {"step": ..., every training metric}
+    quality.jsonl     one JSON object per logged step on toy data: the samples' mode coverage
     events.jsonl      one JSON object per diagnosis event: {"step", "kind", "evidence", "remedies"}
     summary.json      wall time, steps/s and final metrics, rewritten when a session ends
     scores.png, losses.png, health.png, samples*.png
@@ -11,7 +12,7 @@ Layout::
     eval.png          the evaluation metrics over training
     eval/             the cached evaluation classifier (image data with labels)
     checkpoints/      orbax checkpoints
-    best/, best.json  the best checkpoint by diag_best_metric, and its record (jaxgan.diagnose)
+    best/, best.json  the best checkpoint by keep_best, and its record (jaxgan.checkpoint.KeepBest)
     tensorboard/      TensorBoard event files (jaxgan.tensorboard)
     report/           `jaxgan diagnose`'s report.md and report.html, with their plots
 """
@@ -31,6 +32,7 @@ from jaxgan.configs import RESUMABLE_CHANGES, Config, ConfigError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+QUALITY = "quality.jsonl"
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
@@ -200,10 +202,11 @@ def update_config(out: str, config: Config) -> None:
 
 
 def truncate_after(out: str, step: int) -> int:
-    """Drop the metrics and events rows logged after ``step`` (work lost since the checkpoint
-    being resumed, e.g. after a kill), so the resumed run logs them once. Returns how many."""
+    """Drop the metrics, quality and events rows logged after ``step`` (work lost since the
+    checkpoint being resumed, e.g. after a kill), so the resumed run logs them once. Returns
+    how many."""
     dropped = 0
-    for name in (METRICS, EVENTS):
+    for name in (METRICS, QUALITY, EVENTS):
         path = os.path.join(out, name)
         if not os.path.exists(path):
             continue

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxgan.observers import Boundary, Context, Observer, WriterError
+
 TB_DIR = "tensorboard"
 
 _GROUPS = (
@@ -78,82 +80,62 @@ def scalars(logdir: str) -> dict[tuple[str, int], float]:
             if v.HasField("simple_value")}
 
 
-class TensorBoardObserver:
-    """Writes a run's TensorBoard event files (an ``Observer``; see :mod:`jaxgan.loop`).
+class TensorBoardObserver(Observer):
+    """Writes a run's TensorBoard event files: every logged row's scalars, every event as text,
+    and at plot steps a picture of the boundary's shared samples (drawn by the writer).
 
-    ``samples``: how many generated samples to picture at each plot/checkpoint step (1000
-    points for 2-D data, 64 images otherwise, when None)."""
+    ``samples``: how many generated samples to picture (1000 points for 2-D data, 64 images
+    otherwise, when None)."""
 
     def __init__(self, samples: int | None = None):
         self.samples = samples
         self.writer = None
-        self._run = None
-        self._out = ""
-        self._events_offset = 0
-        self._sample = None
 
-    def on_start(self, run: Any, out: str, start_step: int) -> None:
+    def on_start(self, ctx: Context) -> None:
         from tensorboardX import SummaryWriter
 
-        from jaxgan import rundir
-
-        self._run, self._out = run, out
+        self._ctx = ctx
+        shape = tuple(ctx.run.example_shape)
+        self._n = self.samples or (1000 if shape == (2,) else 64)
         # On resume, TensorBoard drops what an earlier session logged after the checkpoint.
-        self.writer = SummaryWriter(os.path.join(out, TB_DIR), purge_step=start_step or None, flush_secs=10)
-        path = os.path.join(out, rundir.EVENTS)
-        self._events_offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self.writer = SummaryWriter(os.path.join(ctx.out, TB_DIR), purge_step=ctx.start or None, flush_secs=10)
 
-    def on_metrics(self, step: int, row: dict[str, float]) -> list[dict[str, Any]]:
+    def wants(self, step: int) -> int:
+        return self._n if step % self._ctx.run.config.plot_every == 0 else -1
+
+    def on_row(self, step: int, row: dict[str, float], stream: str) -> list[dict[str, Any]]:
         for key, value in row.items():
             if isinstance(value, int | float | np.number) and not isinstance(value, bool) and np.isfinite(value):
                 self.writer.add_scalar(tag(key), float(value), step)
-        self._log_new_events()
         return []
 
-    def _log_new_events(self) -> None:
-        """Every event written to ``events.jsonl`` since the last look (any observer's, the loop's)."""
-        from jaxgan import rundir
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.writer.add_text("events", event_text(event), int(event["step"]))
 
-        path = os.path.join(self._out, rundir.EVENTS)
-        if not os.path.exists(path):
-            return
-        with open(path, "rb") as f:
-            f.seek(self._events_offset)
-            data = f.read()
-        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for next time
-        self._events_offset += len(complete)
-        for line in complete.decode("utf-8").splitlines():
-            if line.strip():
-                event = json.loads(line)
-                self.writer.add_text("events", event_text(event), int(event["step"]))
+    def on_boundary(self, b: Boundary) -> dict[str, float]:
+        if not (b.plot or b.final) or b.samples is None:
+            return {}
+        self._ctx.writer.submit("the TensorBoard samples", self._picture, b.samples[: self._n], b.step)
+        return {}
 
-    def on_checkpoint(self, step: int, state: Any) -> dict[str, float]:
-        import jax
-
+    def _picture(self, samples: np.ndarray, step: int) -> None:
         from jaxgan import viz
 
-        shape = tuple(self._run.example_shape)
-        n = self.samples or (1000 if shape == (2,) else 64)
-        if self._sample is None:
-            gan = self._run.gan
-            self._sample = jax.jit(lambda s, k: gan.sample(s, k, n))
-        samples = np.asarray(self._sample(state, jax.random.key(step)))
+        run = self._ctx.run
+        shape = tuple(run.example_shape)
         if shape == (2,):
-            fig = viz.scatter_2d_figure(samples, log_density=getattr(self._run.source, "log_density", None),
-                                        centers=getattr(self._run.source, "centers", None), title=f"step {step}")
+            fig = viz.scatter_2d_figure(samples, log_density=getattr(run.source, "log_density", None),
+                                        centers=getattr(run.source, "centers", None), title=f"step {step}")
             self.writer.add_figure("samples", fig, step)
         elif len(shape) == 3 and shape[-1] in (1, 3):
             self.writer.add_image("samples", viz.grid_array(samples), step, dataformats="HWC")
-        self._log_new_events()
         self.writer.flush()
-        return {}
 
-    def should_stop(self) -> str | None:
-        return None
-
-    def postfix(self) -> dict[str, str]:
-        return {}
-
-    def on_end(self, step: int, state: Any) -> None:
-        self._log_new_events()
-        self.writer.close()
+    def on_end(self, step: int) -> None:
+        if self.writer is not None:
+            try:
+                self._ctx.writer.wait()  # the last pictures first
+            except WriterError:
+                pass  # the loop reports the writer's failure; still close the event files
+            self.writer.close()
+            self.writer = None

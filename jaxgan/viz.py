@@ -1,7 +1,9 @@
 """Pictures of a run: score and loss curves, 2-D samples over the data density, image grids.
 
 Every function writes one PNG atomically (to a temporary name, then renamed) so a reader never
-sees half a file. matplotlib runs with the non-interactive Agg backend.
+sees half a file. Figures are ``matplotlib.figure.Figure`` objects drawn with the Agg canvas,
+outside pyplot's global figure registry, so the loop's background writer can draw them while
+the main thread trains.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+
+
+def _subplots(*args, figsize, **kwargs):
+    """``(fig, axes)`` as ``pyplot.subplots`` returns them, on a figure pyplot does not track."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _save(fig, path: str) -> None:
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -39,6 +43,7 @@ EVENT_COLORS = {
     "mode_collapse": "tab:purple",
     "vanishing_gradients": "tab:brown",
     "non_convergence": "tab:olive",
+    "poor_fit": "tab:pink",
     "converged": "tab:green",
     "nan": "black",
 }
@@ -83,7 +88,7 @@ def _last_step(rows: Sequence[dict[str, Any]]) -> float:
 def score_plot(rows: Sequence[dict[str, Any]], path: str, events: Sequence[dict[str, Any]] = ()) -> None:
     """Generator and discriminator scores over steps, D's accuracies, the 0.5 line (the game's
     equilibrium), and each diagnosed failure shaded from onset to recovery."""
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = _subplots(figsize=(9, 4))
     for key, label, color in (
         ("generator_score", "generator score", "tab:blue"),
         ("discriminator_score", "discriminator score", "tab:orange"),
@@ -109,15 +114,18 @@ def health_plot(
     path: str,
     events: Sequence[dict[str, Any]] = (),
     *,
+    quality: Sequence[dict[str, Any]] = (),
     diversity_min: float | None = None,
     num_modes: int | None = None,
 ) -> None:
     """What the detectors read besides the scores: sample diversity (fake spread over real
     spread, 1 when G spreads like the data), both players' gradient norms (log scale), and on
-    toy data the modes covered by samples drawn at plot/checkpoint steps."""
-    has_modes = any("modes_effective" in r for r in rows)
+    toy data the modes covered and the high-quality fraction of G's samples (``quality`` rows,
+    or ``rows`` when they carry those keys)."""
+    quality = list(quality) or [r for r in rows if "modes_effective" in r]
+    has_modes = any("modes_effective" in r for r in quality)
     n = 3 if has_modes else 2
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), sharex=True)
+    fig, axes = _subplots(n, 1, figsize=(9, 2.4 * n), sharex=True)
     end = _last_step(rows)
     ax = axes[0]
     steps, values = _series(rows, "diversity")
@@ -138,14 +146,14 @@ def health_plot(
     if has_modes:
         ax = axes[2]
         for key, color, style in (("modes_effective", "tab:purple", "o-"), ("modes_captured", "tab:gray", "s--")):
-            steps, values = _series(rows, key)
+            steps, values = _series(quality, key)
             ax.plot(steps, values, style, color=color, ms=3, label=key.replace("_", " "))
         if num_modes:
             ax.axhline(num_modes, color="gray", lw=0.8, ls="--", label=f"{num_modes} modes in the data")
         ax.set_ylim(bottom=0)
         ax.set_ylabel("modes")
         twin = ax.twinx()
-        steps, values = _series(rows, "high_quality_frac")
+        steps, values = _series(quality, "high_quality_frac")
         twin.plot(steps, values, ":", color="tab:green", label="high-quality fraction (right)")
         twin.set_ylim(0, 1.05)
         twin.set_ylabel("high quality", color="tab:green")
@@ -165,7 +173,7 @@ def health_plot(
 def loss_plot(rows: Sequence[dict[str, Any]], path: str, events: Sequence[dict[str, Any]] = ()) -> None:
     """D and G losses over steps (GAN losses oscillate; they are not a progress bar), with the
     diagnosed failures shaded as on the score plot."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _subplots(figsize=(8, 4))
     for key, color in (("d_loss", "tab:orange"), ("g_loss", "tab:blue")):
         steps, values = _series(rows, key)
         ax.plot(steps, values, label=key, color=color)
@@ -200,7 +208,7 @@ def scatter_2d_figure(
 ):
     """The figure of :func:`scatter_2d` (for writers that take a figure, e.g. TensorBoard)."""
     samples = np.asarray(samples)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _subplots(figsize=(5, 5))
     if limit is None:
         ref = centers if centers is not None else samples
         limit = float(np.max(np.abs(ref))) * 1.4 + 0.5
@@ -229,7 +237,7 @@ def scatter_over_time(
 ) -> None:
     """A row of 2-D sample scatters, one per (step, samples) frame (the unrolled-GAN figure)."""
     n = len(frames)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
+    fig, axes = _subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
     if limit is None:
         ref = centers if centers is not None else frames[-1][1]
         limit = float(np.max(np.abs(ref))) * 1.4 + 0.5
@@ -267,7 +275,7 @@ def image_grid(images: np.ndarray, path: str, *, columns: int | None = None, tit
     n, h, w, c = np.shape(images)
     cols = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
-    fig, ax = plt.subplots(figsize=(max(2.0, cols * w / 28), max(2.0, rows * h / 28)))
+    fig, ax = _subplots(figsize=(max(2.0, cols * w / 28), max(2.0, rows * h / 28)))
     ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     ax.axis("off")
     if title:
@@ -287,7 +295,7 @@ def metrics_plot(rows: Sequence[dict[str, Any]], path: str, *, keys: Sequence[st
         return
     cols = min(4, len(keys))
     nrows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
     for ax, key in zip(axes.ravel(), keys, strict=False):
         steps, values = _series(rows, key)
         ax.plot(steps, values, "o-", ms=3, lw=1.2)

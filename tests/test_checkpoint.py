@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import json
 import os
 import shutil
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxgan import configs, loop, rundir
-from jaxgan.checkpoint import Checkpointer, CheckpointError, describe_mismatch
+from jaxgan.checkpoint import BEST_DIR, BEST_FILE, BestKeeper, Checkpointer, CheckpointError, describe_mismatch
 from jaxgan.runner import train_chunk
 from tests import helpers
 from tests.helpers import host_leaves
@@ -74,28 +75,35 @@ def test_an_asynchronous_save_survives_donating_the_state_to_the_next_step(tmp_p
     assert int(moved.step) == 8
 
 
-def test_keeps_the_last_k_plus_the_best_by_metric(tmp_path):
+def test_keeps_the_last_k(tmp_path):
     _, state, _ = trained()
-    scores = {1: 5.0, 2: 0.5, 3: 3.0, 4: None, 5: 2.0, 6: 4.0, 7: 6.0}  # lower is better; 4 has none
-    with Checkpointer(str(tmp_path), keep=2, best_metric="fid", best_mode="min") as ckpt:
-        for step, score in scores.items():
-            ckpt.save(step, state, {"step": step}, metrics={"fid": score, "other": 1.0} if score else {"x": 1})
+    with Checkpointer(str(tmp_path), keep=2) as ckpt:
+        for step in range(1, 8):
+            ckpt.save(step, state, {"step": step})
         ckpt.wait()
-        assert ckpt.all_steps() == [2, 6, 7]  # best (0.5 at 2) + the last two
-        assert ckpt.best_step() == 2
-    # the metrics persist: a new manager (a resumed run) keeps honouring them
-    with Checkpointer(str(tmp_path), keep=2, best_metric="fid", best_mode="min") as ckpt:
-        ckpt.save(8, state, {"step": 8}, metrics={"fid": 0.1})
-        ckpt.save(9, state, {"step": 9}, metrics={"fid": 9.0})
+        assert ckpt.all_steps() == [6, 7]
+    with Checkpointer(str(tmp_path), keep=2) as ckpt:  # a resumed run goes on from there
+        ckpt.save(8, state, {"step": 8})
         ckpt.wait()
-        assert ckpt.all_steps() == [8, 9]
-        assert ckpt.best_step() == 8
-    with Checkpointer(str(tmp_path / "max"), keep=1, best_metric="coverage", best_mode="max") as ckpt:
-        for step, value in enumerate([0.2, 0.9, float("nan"), 0.3], start=1):
-            ckpt.save(step, state, {"step": step}, metrics={"coverage": value})
-        ckpt.wait()
-        assert ckpt.all_steps() == [2, 4]  # NaN is never best
-        assert ckpt.best_step() == 2
+        assert ckpt.all_steps() == [7, 8]
+
+
+def test_best_keeper_compares_in_order_each_metric_its_own_way(tmp_path):
+    """Lexicographic: the second metric breaks ties of the first; each metric has its own best end;
+    a missing or non-finite value is never best; the record persists for a resumed run."""
+    path = str(tmp_path / "best.json")
+    keeper = BestKeeper((("modes_captured", "max"), ("fid", "min")), path)
+    assert keeper.offer(1, {"modes_captured": 6, "fid": 3.0})
+    assert not keeper.offer(2, {"modes_captured": 5, "fid": 0.1})  # fewer modes: worse, whatever the fid
+    assert keeper.offer(3, {"modes_captured": 6, "fid": 2.0})  # a tie on modes, a lower fid: better
+    assert not keeper.offer(4, {"modes_captured": 8})  # a metric missing
+    assert not keeper.offer(5, {"modes_captured": 8, "fid": float("nan")})
+    assert keeper.best["step"] == 3
+    again = BestKeeper((("modes_captured", "max"), ("fid", "min")), path)
+    assert again.best == keeper.best
+    assert not again.offer(6, {"modes_captured": 6, "fid": 2.5})
+    with pytest.raises(ValueError, match="mode must be max or min"):
+        BestKeeper((("fid", "lowest"),))
 
 
 def test_a_different_model_is_refused_naming_the_leaves(tmp_path):
@@ -205,32 +213,35 @@ def test_restore_without_checkpoints_or_with_a_missing_step_says_so(tmp_path):
 
 
 def test_the_loop_keeps_the_best_checkpoint_by_a_logged_metric(tmp_path):
-    """keep_best_metric=d_loss, mode max, keep_checkpoints=1: the run keeps its last checkpoint
-    and the one whose logged d_loss was highest (D's loss falls here, so that is an early one),
-    read independently from metrics.jsonl."""
+    """keep_best=d_loss:max, keep_checkpoints=1: the run keeps its last checkpoint, and <run>/best
+    holds the state of the step whose logged d_loss was highest (D's loss falls here, so that is
+    an early one), read independently from metrics.jsonl."""
     out = str(tmp_path / "run")
     config = configs.apply_overrides(configs.preset("ring8"), {
         "batch_size": 16, "g_hidden": (8,), "d_hidden": (8,), "latent_dim": 4, "steps": 6, "log_every": 1,
-        "ckpt_every": 1, "plot_every": 100, "keep_checkpoints": 1, "keep_best_metric": "d_loss",
-        "keep_best_mode": "max", "d_lr": 0.05,
+        "ckpt_every": 1, "plot_every": 100, "keep_checkpoints": 1, "keep_best": "d_loss:max", "d_lr": 0.05,
     })
     lines: list[str] = []
     loop.train(config, out, progress=False, echo=lines.append)
     rows = [r for r in rundir.read_jsonl(os.path.join(out, rundir.METRICS)) if "d_loss" in r]
     best = max(rows, key=lambda r: r["d_loss"])["step"]
     assert best != 6
-    with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True, best_metric="d_loss",
-                      best_mode="max") as ckpt:
-        assert ckpt.all_steps() == sorted({best, 6})
-        assert ckpt.best_step() == best
-        assert ckpt.metrics(best)["d_loss"] == pytest.approx(next(r["d_loss"] for r in rows if r["step"] == best))
+    with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True) as ckpt:
+        assert ckpt.all_steps() == [6]
+    with open(os.path.join(out, BEST_FILE)) as f:
+        record = json.load(f)
+    assert record["step"] == best
+    assert record["metrics"]["d_loss"] == pytest.approx(next(r["d_loss"] for r in rows if r["step"] == best))
+    run = loop.Run.from_config(config)
+    with Checkpointer(os.path.join(out, BEST_DIR), read_only=True) as ckpt:
+        state, saved = ckpt.restore(run.init_state())
+    assert int(state.step) == best and saved["best"]["step"] == best
     assert not [line for line in lines if "warning" in line]
-    # A metric that is never logged is said once, and checkpoints fall back to recency.
+    # A metric that is never logged is said once, and no best checkpoint is kept.
     other = str(tmp_path / "other")
-    config = dataclasses.replace(config, keep_best_metric="fid", steps=2)
+    config = dataclasses.replace(config, keep_best="made_up:min", steps=2)
     loop.train(config, other, progress=False, echo=lines.append)
     warnings = [line for line in lines if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith(
-        "jaxgan: warning: keep_best_metric='fid' is not among the metrics at step 1 (")
-    with Checkpointer(os.path.join(other, rundir.CHECKPOINTS), read_only=True) as ckpt:
-        assert ckpt.all_steps() == [2]
+        "jaxgan: warning: keep_best: made_up is not measured at step 1")
+    assert not os.path.exists(os.path.join(other, BEST_DIR))

@@ -16,6 +16,7 @@ import scipy.stats
 
 from jaxgan import configs, diagnose, losses, report, rundir, scores, viz
 from jaxgan.diagnose import Policy, Thresholds
+from jaxgan.metrics import coverage
 
 TH = Thresholds()  # defaults: warmup 500, window 1000, long window 3000
 HEALTHY = {"generator_score": 0.5, "discriminator_score": 0.5, "d_accuracy_real": 0.5, "d_accuracy_fake": 0.5,
@@ -265,21 +266,6 @@ def test_stop_on_converged():
     assert diag.events[1]["step"] == diag.events[0]["step"] and "converged" in diag.stop_reason
 
 
-def test_best_keeper_compares_in_order_and_remembers(tmp_path):
-    path = str(tmp_path / "best.json")
-    keeper = diagnose.BestKeeper(["modes_captured", "high_quality_frac"], path=path)
-    assert keeper.offer(100, {"modes_captured": 5, "high_quality_frac": 0.9})
-    assert not keeper.offer(200, {"modes_captured": 4, "high_quality_frac": 1.0})
-    assert keeper.offer(300, {"modes_captured": 5, "high_quality_frac": 0.95})  # tie broken by the second
-    assert not keeper.offer(400, {"modes_captured": 5, "high_quality_frac": 0.95})  # equal is not better
-    assert not keeper.offer(500, {"modes_captured": float("nan"), "high_quality_frac": 1.0})
-    assert not keeper.offer(600, {"other": 1.0})
-    again = diagnose.BestKeeper(["modes_captured", "high_quality_frac"], path=path)
-    assert again.best["step"] == 300
-    low = diagnose.BestKeeper(["fid"], mode="min")
-    assert low.offer(1, {"fid": 30.0}) and low.offer(2, {"fid": 20.0}) and not low.offer(3, {"fid": 25.0})
-
-
 # ----------------------------------------------------------------------------- remedies
 
 
@@ -301,9 +287,13 @@ def test_remedies_are_missions_lists_made_concrete_for_the_config():
 def test_diag_config_keys_match_the_thresholds_and_are_validated():
     assert Thresholds.from_config(configs.Config()) == Thresholds()
     assert Policy.from_config(configs.Config()) == Policy()
-    with pytest.raises(configs.ConfigError, match="diag_g_low"):
-        configs.apply_overrides(configs.Config(), configs.parse_overrides(["diag_g_low=1.5"]))
-    with pytest.raises(configs.ConfigError, match=r"diag=.*choose warn"):
+    with pytest.raises(configs.ConfigError, match=r"diag\.g_low=1\.5"):
+        configs.apply_overrides(configs.Config(), configs.parse_overrides(["diag.g_low=1.5"]))
+    notes = []
+    flat = configs.apply_overrides(configs.Config(), configs.parse_overrides(["diag_g_low=0.2"], warn=notes.append))
+    assert flat.diag.g_low == 0.2 and notes == ["diag_g_low is now spelled diag.g_low (the flat spelling still "
+                                                "works for now)"]
+    with pytest.raises(configs.ConfigError, match=r"diag\.mode=.*choose warn"):
         configs.apply_overrides(configs.Config(), {"diag": "loud"})
     assert configs.DIAG_KEYS <= configs.RESUMABLE_CHANGES
 
@@ -317,10 +307,11 @@ def test_mode_coverage_against_an_independent_count():
     counts = [300, 100, 0, 50]
     on_modes = np.concatenate([c + 0.01 * rng.normal(size=(n, 2)) for c, n in zip(centers, counts, strict=True)])
     off = np.full((50, 2), 1.0)  # equidistant from every mode and 0.14 away: not high quality at std 0.02
-    cov = diagnose.mode_coverage(np.concatenate([on_modes, off]), centers, std=0.02)
+    cov = coverage.quality(jnp.asarray(np.concatenate([on_modes, off]), jnp.float32), centers, 0.02)
+    cov = {k: float(v) for k, v in cov.items()}
     assert cov["modes_captured"] == 3
     assert cov["high_quality_frac"] == pytest.approx(450 / 500)
-    assert cov["modes_effective"] == pytest.approx(np.exp(scipy.stats.entropy([300, 100, 50])))
+    assert cov["modes_effective"] == pytest.approx(np.exp(scipy.stats.entropy([300, 100, 50])), rel=1e-5)
 
 
 def test_game_scores_are_missions_definitions():
@@ -384,7 +375,7 @@ def test_report_of_a_running_run_and_its_replay(tmp_path):
     assert s.active == {"discriminator_dominates": events[0]["step"]}
     assert s.final["generator_score"] == pytest.approx(0.02)
     assert s.advice[0].startswith("discriminator_dominates") and "label_flip=0.1" in s.advice[0]
-    replayed = report.summarize(out, replay=True, overrides={"diag_g_low": 0.01})
+    replayed = report.summarize(out, replay=True, overrides={"diag.g_low": 0.01})
     assert replayed.events == [] and replayed.replayed
     text = report.format_text(s)
     assert "generator score 0.020" in text and "what to try next" in text
@@ -404,7 +395,7 @@ def test_cli_diagnose(tmp_path):
     summary = json.loads(res.stdout)
     assert [e["kind"] for e in summary["events"]] == ["discriminator_dominates"]
     res = subprocess.run([*cmd, "--set", "g_lr=0"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "only the diagnosis keys" in res.stderr
+    assert res.returncode == 2 and "only the diagnosis settings" in res.stderr
     res = subprocess.run([sys.executable, "-m", "jaxgan", "diagnose", "--run", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "does not exist" in res.stderr
@@ -414,20 +405,20 @@ def test_cli_diagnose(tmp_path):
 
 
 def test_tensorboard_observer_writes_scalars_and_events(tmp_path):
-    from jaxgan import tensorboard
+    from jaxgan import observers, tensorboard
+    from tests.helpers import tiny_run
 
     out = str(tmp_path)
+    writer = observers.Writer()
     obs = tensorboard.TensorBoardObserver()
-    obs._run = None
-    open(os.path.join(out, rundir.EVENTS), "w").close()
-    obs.on_start(None, out, 0)
+    obs.on_start(observers.Context(tiny_run(), out, 0, writer))
     rows = stream(3, generator_score=lambda t: t / 1000)
     for r in rows:
-        obs.on_metrics(r["step"], {k: v for k, v in r.items() if k != "step"})
-    rundir.append_jsonl(os.path.join(out, rundir.EVENTS), [{"step": 300, "kind": "mode_collapse",
-                                                            "evidence": {"diversity": 0.2}, "remedies": ["x"]}])
-    obs.on_metrics(400, {"generator_score": 0.4})
-    obs.on_end(400, None)
+        obs.on_row(r["step"], {k: v for k, v in r.items() if k != "step"}, "train")
+    obs.on_event({"step": 300, "kind": "mode_collapse", "evidence": {"diversity": 0.2}, "remedies": ["x"]})
+    obs.on_row(400, {"generator_score": 0.4}, "train")
+    obs.on_end(400)
+    writer.close()
     logdir = os.path.join(out, tensorboard.TB_DIR)
     events = tensorboard.read_events(logdir)
     scalars = tensorboard.scalars(logdir)

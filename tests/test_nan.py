@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import configs, loop, rundir, runner
+from jaxgan import configs, loop, nonfinite, rundir, runner
 from jaxgan.checkpoint import Checkpointer
 from tests.cli_helpers import error_lines, jaxgan
 from tests.helpers import TINY, host_leaves, tiny_run
@@ -88,7 +88,7 @@ def test_a_chunk_that_ends_in_non_finite_params_flags_its_last_round():
     _, metrics = chunk(bad)
     assert np.asarray(metrics["g_nonfinite"]).tolist() == [1.0]
     assert np.asarray(metrics["d_nonfinite"]).tolist() == [0.0]
-    assert loop._first_nonfinite(jax.device_get(metrics), 0) == (1, "g")  # (step, player)
+    assert nonfinite.first_nonfinite(jax.device_get(metrics), 0) == (1, "g")  # (step, player)
     # A healthy chunk is not flagged by the check.
     _, metrics = chunk(run.init_state())
     assert np.asarray(metrics["g_nonfinite"]).tolist() == [0.0]
@@ -188,7 +188,7 @@ def test_the_skip_policy_counts_skipped_updates_and_gives_up_on_a_run_that_canno
     lines: list[str] = []
     with pytest.raises(loop.NonFiniteError) as err:
         loop.train(config, out, progress=False, echo=lines.append)
-    limit = loop.SKIP_STREAK_LIMIT
+    limit = nonfinite.SKIP_STREAK_LIMIT
     rows = [r for r in rundir.read_jsonl(os.path.join(out, rundir.METRICS)) if "d_loss" in r]
     first_bad = next(r["step"] for r in rows if r["d_nonfinite"] == 1.0)
     assert str(err.value).startswith(

@@ -231,15 +231,15 @@ class _StopAt(loop.Observer):
     def __init__(self, step: int):
         self.step, self.now = step, 0
 
-    def on_start(self, run, out, start_step):
-        self.now = start_step
+    def on_start(self, ctx):
+        self.now = ctx.start
 
-    def on_metrics(self, step, row):
+    def on_row(self, step, row, stream):
         self.now = step
         return []
 
-    def on_checkpoint(self, step, state):
-        self.now = step
+    def on_boundary(self, boundary):
+        self.now = boundary.step
         return {}
 
     def should_stop(self):

@@ -109,3 +109,20 @@ def of_mixture(samples: Array, mixture, *, threshold: float = THRESHOLD) -> Cove
     """:func:`mode_coverage` against a :class:`jaxgan.data.toy.MixtureOfGaussians` (its
     ``centers`` and ``std``)."""
     return mode_coverage(samples, mixture.centers, mixture.std, threshold=threshold)
+
+
+def quality(samples: Array, centers: Array, std: float | Array, *, threshold: float = THRESHOLD) -> dict[str, Array]:
+    """The sample-quality scalars the monitor logs for toy data (float32, jit- and vmap-able):
+    ``modes_captured`` and ``high_quality_frac`` (:func:`mode_coverage`), and
+    ``modes_effective`` = exp(entropy) of the high-quality samples' mode histogram
+    (= K exp(-reverse KL)): K when they spread evenly over K modes, 1 when they all sit on one,
+    not moved by a few stray samples as a count is; 0 when no sample is high quality."""
+    cov = mode_coverage(samples, centers, std, threshold=threshold)
+    total = jnp.sum(cov.counts)
+    p = cov.counts / jnp.maximum(total, 1)
+    entropy = -jnp.sum(jax.scipy.special.xlogy(p, p))
+    return {
+        "modes_captured": cov.modes.astype(jnp.float32),
+        "modes_effective": jnp.where(total > 0, jnp.exp(entropy), 0.0).astype(jnp.float32),
+        "high_quality_frac": cov.high_quality.astype(jnp.float32),
+    }
