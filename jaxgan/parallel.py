@@ -179,6 +179,10 @@ class DataParallel:
     devices: tuple[Device, ...]  # every process's devices in use, process by process
     given_mesh: Mesh | None = dataclasses.field(default=None, repr=False)
 
+    def __post_init__(self):
+        if self.mode not in ("jit", *MODES):
+            raise ParallelError(f"mode={self.mode!r}: choose jit or one of {', '.join(MODES)}")
+
     @property
     def num_devices(self) -> int:
         return len(self.devices)

@@ -184,6 +184,19 @@ def test_asking_for_more_devices_than_there_are_says_how_to_simulate_them():
         parallel.plan("nope", 1)
 
 
+def test_plans_refuse_an_unknown_mode_and_a_mesh_without_the_data_axis():
+    devices = jax.local_devices()[:1]
+    with pytest.raises(parallel.ParallelError, match="mode='nope': choose jit or one of"):
+        parallel.DataParallel("nope", tuple(devices), tuple(devices))
+    with pytest.raises(parallel.ParallelError, match="a mesh runs sharding or shard_map"):
+        parallel.mesh_plan(parallel.data_mesh(devices), "pmap")
+    other = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+    with pytest.raises(parallel.ParallelError, match=r"mesh axes \('batch',\): use a 1-D mesh with the axis 'data'"):
+        parallel.sharded_step(None, other)
+    with pytest.raises(ValueError, match="method='sample': choose train_step, d_step, g_step"):
+        parallel.plan("pmap", 1).step(None, "sample")
+
+
 def test_one_device_is_plain_jit_and_layouts_round_trip():
     plan = parallel.plan("pmap", 0)
     if jax.device_count() == 1:
