@@ -58,6 +58,17 @@ def squared_norm(tree: PyTree) -> Array:
     return jax.lax.platform_dependent(tree, cpu=dots, default=reductions)
 
 
+def _check_dtype(where: str, batch: Array, dtype: Any) -> None:
+    """Refuse real data of another dtype than the generator's samples (D sees both alike)."""
+    got = jax.dtypes.canonicalize_dtype(batch.dtype)
+    if got != dtype:
+        raise ValueError(
+            f"{where}: the batch has dtype {got} (shape {tuple(batch.shape)}) but the generator makes "
+            f"{jnp.dtype(dtype).name} samples: pass data of dtype {jnp.dtype(dtype).name} (e.g. "
+            f"batch.astype(jnp.{jnp.dtype(dtype).name}), uint8 pixels scaled to [-1, 1])"
+        )
+
+
 @flax.struct.dataclass
 class PlayerState:
     """One player's trainable state. ``count`` is the number of updates applied to it."""
@@ -302,15 +313,14 @@ class GAN:
         kg, kd = jax.random.split(init_key)
         z = jnp.zeros((example_batch.shape[0], self.latent_dim), jnp.float32)
         g_params, g_state = self.generator.init(kg, z)
-        fake_shape = jax.eval_shape(
-            lambda p, s: self._generate(p, s, z, kg, False)[0], g_params, g_state
-        ).shape
-        if tuple(fake_shape) != tuple(example_batch.shape):
+        fake = jax.eval_shape(lambda p, s: self._generate(p, s, z, kg, False)[0], g_params, g_state)
+        if tuple(fake.shape) != tuple(example_batch.shape):
             raise ValueError(
-                f"the generator makes samples of shape {tuple(fake_shape)[1:]} but the data has "
+                f"the generator makes samples of shape {tuple(fake.shape)[1:]} but the data has "
                 f"shape {tuple(example_batch.shape)[1:]}: make the generator's output match the "
                 "data (e.g. its output size or image size)"
             )
+        _check_dtype("init", example_batch, fake.dtype)
         d_input = self._pack(jnp.zeros_like(example_batch))
         d_params, d_state = self.discriminator.init(kd, d_input)
         logit_shape = jax.eval_shape(
@@ -335,21 +345,73 @@ class GAN:
 
     def sample(self, state: GANState, key: Array, n: int, *, use_ema: bool = True) -> Array:
         """``n`` generated samples ``[n, ...]`` in eval mode (EMA params when kept and asked)."""
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"sample: n={n!r}: ask for a Python int n >= 1 of samples (the count is static)")
         params = state.ema_params if (use_ema and state.ema_params is not None) else state.g.params
+        self._check_params(params, "sample")
         z = self.latents(key, jnp.arange(n, dtype=jnp.uint32))
         fake, _ = self._generate(params, state.g.model_state, z, key, False)
         return fake
 
     def data_shape(self, state: GANState) -> tuple[int, ...]:
         """The shape of one example (what the generator makes), read without computing."""
+        return tuple(self._fake_spec(state).shape[1:])
+
+    def _fake_spec(self, state: GANState) -> jax.ShapeDtypeStruct:
+        """Shape ``[1, ...]`` and dtype of one generated sample, read without computing."""
         z = jax.ShapeDtypeStruct((1, self.latent_dim), jnp.float32)
-        out = jax.eval_shape(
+        return jax.eval_shape(
             lambda p, s, zz: self._generate(p, s, zz, jax.random.key(0), False)[0],
             state.g.params,
             state.g.model_state,
             z,
         )
-        return tuple(out.shape[1:])
+
+    def _check_params(self, params: PyTree, where: str) -> None:
+        """Refuse generator params that do not fit this generator (e.g. a state of another GAN,
+        or one still replicated over devices) before flax fails on them; shapes only, at trace time."""
+        want = jax.eval_shape(lambda: self.generator.init(jax.random.key(0), jnp.zeros((1, self.latent_dim)))[0])
+        got_shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(params)]
+        want_shapes = [tuple(x.shape) for x in jax.tree.leaves(want)]
+        if jax.tree.structure(params) != jax.tree.structure(want):
+            raise ValueError(
+                f"{where}: the state's generator params are not this GAN's generator's ({len(got_shapes)} "
+                f"arrays in the state, {len(want_shapes)} here, or other names): pass a state made by this "
+                "GAN's init (or restored into it)"
+            )
+        if got_shapes == want_shapes:
+            return
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(want)[0]]
+        path, got, wanted = next(x for x in zip(paths, got_shapes, want_shapes, strict=True) if x[1] != x[2])
+        fix = "pass a state made by this GAN's init (or restored into it)"
+        replicated = all(g[:1] == got[:1] and g[1:] == w for g, w in zip(got_shapes, want_shapes, strict=True))
+        if replicated:
+            fix = f"it has a leading device axis [{got[0]}, ...]: pass jaxgan.parallel.unreplicate(state)"
+        raise ValueError(
+            f"{where}: the state's generator params do not fit this GAN's generator ({path} has shape {got} "
+            f"in the state, {wanted} here): {fix}"
+        )
+
+    def _check_batch(self, state: GANState, batch: Array, where: str, *, stacked: bool) -> tuple[int, ...]:
+        """Refuse, at trace time, a batch whose examples are not what the generator makes: the
+        shape (``[B, *S]``, or ``[n, B, *S]`` when ``stacked``) and the dtype. Returns ``S``."""
+        self._check_params(state.g.params, where)
+        fake = self._fake_spec(state)
+        want, shape = tuple(fake.shape[1:]), tuple(np.shape(batch))
+        ranks = (len(want) + 1, len(want) + 2) if stacked else (len(want) + 1,)
+        examples = shape[len(shape) - len(want):] if len(shape) in ranks else None
+        if examples != want:
+            got = f"examples of shape {examples}" if examples is not None else f"{len(shape)} axes"
+            layout = f"[B, {', '.join(map(str, want))}]"
+            if stacked:
+                layout += f" or [n, B, {', '.join(map(str, want))}] (one batch per discriminator update)"
+            raise ValueError(
+                f"{where}: the batch has shape {shape} ({got}) but the generator makes samples of shape "
+                f"{want}: pass batches {layout}, or make the generator's output match the data (e.g. its "
+                "output size or image size)"
+            )
+        _check_dtype(where, batch, fake.dtype)
+        return want
 
     # ------------------------------------------------------------------ the D update
 
@@ -509,6 +571,10 @@ class GAN:
 
     def d_step(self, state: GANState, batch: Array) -> tuple[GANState, Metrics]:
         """One discriminator update on ``batch: [B, ...]``; G is held constant."""
+        self._check_batch(state, batch, "d_step", stacked=False)
+        return self._d_step(state, batch)
+
+    def _d_step(self, state: GANState, batch: Array) -> tuple[GANState, Metrics]:
         key = self._update_key(state, _D, state.d.count)
         d, metrics = self.d_update(state.d, state.g.params, state.g.model_state, batch, key)
         return state.replace(d=d), metrics
@@ -517,7 +583,9 @@ class GAN:
         """One generator update; D is held constant. ``batch: [B, ...]`` (or ``[n, B, ...]``,
         one real batch per lookahead update) sets the batch size and feeds the unrolled
         lookahead; without unrolling its values are not used."""
-        reals = self._as_batches(state, batch)
+        return self._g_step(state, self._as_batches(state, batch, "g_step"))
+
+    def _g_step(self, state: GANState, reals: Array) -> tuple[GANState, Metrics]:
         key = self._update_key(state, _G, state.g.count)
         g, metrics = self.g_update(state.g, state.d, reals, key)
         state = state.replace(g=g)
@@ -526,17 +594,11 @@ class GAN:
             state = state.replace(ema_params=ema)
         return state, metrics
 
-    def _as_batches(self, state: GANState, batch: Array) -> Array:
-        """``[B, ...]`` -> ``[1, B, ...]``; ``[n, B, ...]`` unchanged (decided by G's output rank)."""
-        rank = len(self.data_shape(state)) + 1
-        if batch.ndim == rank:
-            return batch[None]
-        if batch.ndim == rank + 1:
-            return batch
-        raise ValueError(
-            f"batch of shape {batch.shape} does not fit examples of shape {self.data_shape(state)}: "
-            "pass [B, ...] or [n, B, ...] (one batch per discriminator update)"
-        )
+    def _as_batches(self, state: GANState, batch: Array, where: str) -> Array:
+        """``[B, ...]`` -> ``[1, B, ...]``; ``[n, B, ...]`` unchanged (decided by G's output rank),
+        after :meth:`_check_batch`."""
+        example = self._check_batch(state, batch, where, stacked=True)
+        return batch[None] if batch.ndim == len(example) + 1 else batch
 
     def train_step(self, state: GANState, batch: Array) -> tuple[GANState, Metrics]:
         """One alternating round: ``d_steps`` D updates, then ``g_steps`` G updates.
@@ -545,7 +607,7 @@ class GAN:
         real batch per D update, as in Goodfellow et al.'s Algorithm 1). Metrics are each
         player's averages over its updates in the round, plus ``step``.
         """
-        reals = self._as_batches(state, batch)
+        reals = self._as_batches(state, batch, "train_step")
         n_batches = reals.shape[0]
         if n_batches not in (1, self.schedule.d_steps):
             raise ValueError(
@@ -555,10 +617,10 @@ class GAN:
 
         def d_body(s, j):
             real = jax.lax.dynamic_index_in_dim(reals, j % n_batches, keepdims=False)
-            return self.d_step(s, real)
+            return self._d_step(s, real)
 
         def g_body(s, _):
-            return self.g_step(s, reals)
+            return self._g_step(s, reals)
 
         state, d_metrics = jax.lax.scan(d_body, state, jnp.arange(self.schedule.d_steps))
         state, g_metrics = jax.lax.scan(g_body, state, None, length=self.schedule.g_steps)

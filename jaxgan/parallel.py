@@ -1,23 +1,26 @@
 """Data parallelism across the devices of one host or of many: pmap, jit over a mesh, shard_map.
 
-One step function serves every mode (DESIGN.md, "Multi-device and multi-host"); what changes
-is how it is mapped and where the state lives:
+One step function serves every mode; a :class:`DataParallel` plan is the one place that says,
+per mode, how a GAN function is mapped and where the state and the batches live:
 
+* ``jit``: one device, plain ``jax.jit`` (what :func:`plan` gives for a single device).
 * ``pmap``: the step runs per device with ``GAN.axis_name`` set, so gradients, metrics and
   (``sync_model_state``) batch statistics are ``lax.pmean``-ed over the device axis. The state
-  carries a leading device axis ``[n_local, ...]`` (:func:`replicate` / :func:`unreplicate`).
+  carries a leading device axis ``[n_local, ...]``, and so do the batches.
 * ``sharding``: the step runs on the global batch under ``jax.jit`` with the state replicated
   and the batch split over a 1-D mesh (``GAN.batch_sharding``); the compiler inserts the
-  reductions. The state is a global array replicated over the mesh (:func:`replicate_on`).
+  reductions. The state is a global array replicated over the mesh.
 * ``shard_map``: the per-device step (``axis_name`` set) under ``jax.shard_map`` over the same
-  mesh, the path JAX now recommends for per-device code; the state is laid out as for
-  ``sharding``. It runs with ``check_vma=False``, as ``jax.pmap`` does: the step averages its
-  gradients itself with ``lax.pmean``, whereas under ``check_vma=True`` JAX's autodiff already
-  sums the gradients of replicated parameters over devices (it would count them n times).
+  mesh, the path JAX now recommends for per-device code; layouts as for ``sharding``. It runs
+  with ``check_vma=False``, as ``jax.pmap`` does: the step averages its gradients itself with
+  ``lax.pmean``, whereas under ``check_vma=True`` JAX's autodiff already sums the gradients of
+  replicated parameters over devices (it would count them n times).
 
-The real data of every mode is drawn by global example index (:mod:`jaxgan.runner`), so one
-device with batch B and n devices with B/n each follow the same trajectory up to float
-reduction order, and in a multi-process run each process draws exactly its devices' share.
+The free functions (:func:`pmap_step`, :func:`replicate`, :func:`sharded_step`, ...) are
+shorthands for a plan's methods. The real data of every mode is drawn by global example index
+(:mod:`jaxgan.runner`), so one device with batch B and n devices with B/n each follow the same
+trajectory up to float reduction order, and in a multi-process run each process draws exactly
+its devices' share.
 
 Multi-host: :func:`initialize_distributed` starts JAX's own distributed runtime
 (``jax.distributed.initialize``) from arguments or environment variables; afterwards the same
@@ -38,16 +41,18 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxgan import runner
 from jaxgan.configs import ConfigError
 from jaxgan.gan import GAN, GANState
-from jaxgan.runner import train_chunk, train_chunk_fed
 
 Array = jax.Array
 PyTree = Any
 Device = Any
+Step = Callable[..., tuple[GANState, dict[str, Array]]]
 
 AXIS = "data"  # the device axis: pmap's axis_name and the mesh's axis name
 MODES = ("pmap", "sharding", "shard_map")
+STEPS = ("train_step", "d_step", "g_step")
 
 
 class ParallelError(ConfigError):
@@ -92,32 +97,46 @@ def split_batch(global_batch: int, num_devices: int) -> int:
     return global_batch // num_devices
 
 
-# ---------------------------------------------------------------------------- pmap layout
+def data_mesh(devices: Sequence[Device] | None = None) -> Mesh:
+    """A 1-D data-parallel mesh (axis ``"data"``, Auto so the compiler partitions) over
+    ``devices`` (default: every process's devices)."""
+    devices = list(devices) if devices is not None else global_devices()
+    return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
+
+
+# ---------------------------------------------------------------------------- layouts of leaves
 
 
 def _is_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _map_keys(fn: Callable[[Array], Array], x: Any) -> Any:
-    """Apply an array placement ``fn`` to ``x``, passing typed PRNG keys as their raw data."""
-    if _is_key(x):
-        return jax.random.wrap_key_data(fn(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-    return fn(x)
+def _each_leaf(fn: Callable[[Any], Array], tree: PyTree) -> PyTree:
+    """``fn`` on every leaf of ``tree``, typed PRNG keys passed as their raw data."""
+
+    def one(x):
+        if _is_key(x):
+            return jax.random.wrap_key_data(fn(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return fn(x)
+
+    return jax.tree.map(one, tree)
 
 
-def _stack_on(devices: Sequence[Device], x: Any) -> Array:
-    x = np.asarray(jax.device_get(x))  # via the host: x may be a global array of several processes
+def _host(x: Any) -> np.ndarray:
+    return np.asarray(jax.device_get(x))  # via the host: x may be a global array of several processes
+
+
+def _stacked(x: np.ndarray, devices: Sequence[Device]) -> Array:
+    """``x: [n, ...]`` with row ``k`` on ``devices[k]``: the leading device axis pmap maps over."""
     sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
-    shards = [jax.device_put(x[None], d) for d in devices]
-    return jax.make_array_from_single_device_arrays((len(devices), *np.shape(x)), sharding, shards)
+    shards = [jax.device_put(x[k : k + 1], d) for k, d in enumerate(devices)]
+    return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)
 
 
-def replicate(tree: PyTree, devices: Sequence[Device] | None = None) -> PyTree:
-    """One copy of every leaf per device, stacked on a leading device axis ``[n, ...]`` (the
-    layout ``jax.pmap`` maps over). ``devices`` default to all of this process's devices."""
-    devices = list(devices) if devices is not None else jax.local_devices()
-    return jax.tree.map(lambda x: _map_keys(functools.partial(_stack_on, devices), x), tree)
+def _replicas(x: Any, devices: Sequence[Device]) -> Array:
+    """One copy of ``x`` per device, stacked: ``[n, ...]``."""
+    host = _host(x)
+    return _stacked(np.broadcast_to(host[None], (len(devices), *host.shape)), devices)
 
 
 def _first_copy(x: Any) -> Array:
@@ -128,160 +147,41 @@ def _first_copy(x: Any) -> Array:
     return jnp.array(x.addressable_shards[0].data[0], copy=True)
 
 
-def unreplicate(tree: PyTree) -> PyTree:
-    """The first replica of a :func:`replicate`-d (or pmap-output) tree: leaves ``[n, ...] -> [...]``."""
-    return jax.tree.map(lambda x: _map_keys(_first_copy, x), tree)
+def _on_mesh(x: Any, mesh: Mesh) -> Array:
+    """A global array replicated over ``mesh`` (each process passes the same host value)."""
+    host = _host(x)
+    return jax.make_array_from_callback(host.shape, NamedSharding(mesh, P()), lambda idx: host[idx])
 
 
-def shard_batch(batch: Array, devices: Sequence[Device] | None = None) -> Array:
-    """``batch: [B, ...]`` (this process's examples) -> ``[n, B/n, ...]`` on ``devices`` (default:
-    all local devices), device ``k`` holding examples ``k*B/n .. (k+1)*B/n - 1``."""
-    devices = list(devices) if devices is not None else jax.local_devices()
-    n = len(devices)
-    per = split_batch(batch.shape[0], n)
-    x = np.asarray(jax.device_get(batch)).reshape(n, per, *batch.shape[1:])
-    sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
-    shards = [jax.device_put(x[k : k + 1], d) for k, d in enumerate(devices)]
-    return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)
+def _local_copy(x: Array) -> Array:
+    """A replicated global array as a fresh single-device array on this process's first device."""
+    return jnp.array(x.addressable_shards[0].data, copy=True)
 
 
-def with_axis(gan: GAN, axis_name: str = AXIS) -> GAN:
-    """``gan`` set up to run per device (pmap / shard_map) over ``axis_name``."""
-    return dataclasses.replace(gan, axis_name=axis_name, batch_sharding=None)
+def _batch_spec(batch_axis: int) -> P:
+    return P(*([None] * batch_axis), AXIS)
 
 
-def _global_pmap_devices(devices: Sequence[Device] | None) -> tuple[Device, ...]:
-    local = list(devices) if devices is not None else jax.local_devices()
-    if jax.process_count() == 1:
-        return tuple(local)
-    return tuple(global_devices(len(local)))
-
-
-def pmap_step(
-    gan: GAN, method: str = "train_step", devices: Sequence[Device] | None = None, *, donate: bool = True
-) -> Callable[[GANState, Array], tuple[GANState, dict[str, Array]]]:
-    """``gan.<method>`` (``train_step``, ``d_step`` or ``g_step``) pmapped over ``devices``.
-
-    Call it with a :func:`replicate`-d state and a :func:`shard_batch`-ed batch ``[n, B/n, ...]``
-    (or ``[n, d_steps, B/n, ...]``); it returns the replicated new state and the metrics,
-    averaged over devices, without a device axis. The state's buffers are donated.
-    """
-    if method not in ("train_step", "d_step", "g_step"):
-        raise ValueError(f"method={method!r}: choose train_step, d_step or g_step")
-    mapped = with_axis(gan)
-    return jax.pmap(
-        getattr(mapped, method), axis_name=AXIS, out_axes=(0, None),
-        devices=_global_pmap_devices(devices), donate_argnums=(0,) if donate else (),
-    )
-
-
-def pmap_train_chunk(
-    gan: GAN, source, global_batch: int, rounds: int, devices: Sequence[Device] | None = None,
-    *, donate: bool = True,
-) -> Callable[[GANState], tuple[GANState, dict[str, Array]]]:
-    """``rounds`` training rounds per call with the real data drawn on each device
-    (:func:`jaxgan.runner.train_chunk`), pmapped: replicated state -> (state, metrics
-    ``[rounds]``). ``global_batch`` is split over every process's devices."""
-    pmap_devices = _global_pmap_devices(devices)
-    local_batch = split_batch(global_batch, len(pmap_devices))
-    fn = functools.partial(train_chunk, with_axis(gan), source, local_batch=local_batch, rounds=rounds)
-    return jax.pmap(fn, axis_name=AXIS, out_axes=(0, None), devices=pmap_devices,
-                    donate_argnums=(0,) if donate else ())
-
-
-# ---------------------------------------------------------------------------- mesh layout
-
-
-def data_mesh(devices: Sequence[Device] | None = None) -> Mesh:
-    """A 1-D data-parallel mesh (axis ``"data"``, Auto so the compiler partitions) over
-    ``devices`` (default: every process's devices)."""
-    devices = list(devices) if devices is not None else global_devices()
-    return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
-
-
-def replicate_on(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Every leaf as a global array replicated over ``mesh`` (works across processes: each one
-    passes the same host value)."""
-    sharding = NamedSharding(mesh, P())
-
-    def put(x):
-        host = np.asarray(jax.device_get(x))
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-    return jax.tree.map(lambda x: _map_keys(put, x), tree)
-
-
-def local_copy(tree: PyTree) -> PyTree:
-    """A replicated global tree as single-device arrays on this process's first device, as
-    fresh buffers (they survive the donation of ``tree``; no cross-process traffic)."""
-    return jax.tree.map(
-        lambda x: _map_keys(lambda a: jnp.array(a.addressable_shards[0].data, copy=True), x), tree
-    )
-
-
-def shard_global_batch(local_batch: Array, mesh: Mesh, batch_axis: int = 0) -> Array:
-    """This process's examples as its part of a global batch split over ``mesh`` along
-    ``batch_axis`` (one process: the whole batch)."""
-    spec = P(*([None] * batch_axis), AXIS)
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.asarray(local_batch))
-
-
-def with_batch_sharding(gan: GAN, mesh: Mesh) -> GAN:
-    """``gan`` set up for ``jax.jit`` on the global batch, per-example arrays split over ``mesh``."""
-    return dataclasses.replace(gan, axis_name=None, batch_sharding=NamedSharding(mesh, P(AXIS)))
-
-
-def sharded_step(gan: GAN, mesh: Mesh, method: str = "train_step", *, batch_axis: int = 0, donate: bool = True):
-    """``gan.<method>`` under ``jax.jit`` with the state replicated over ``mesh`` and the global
-    batch split along ``batch_axis``; pass the state through :func:`replicate_on` and the batch
-    through :func:`shard_global_batch`. Returns (state, metrics), both replicated."""
-    rep = NamedSharding(mesh, P())
-    batch = NamedSharding(mesh, P(*([None] * batch_axis), AXIS))
-    return jax.jit(getattr(with_batch_sharding(gan, mesh), method), in_shardings=(rep, batch),
-                   out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
-
-
-def sharded_train_chunk(gan: GAN, source, global_batch: int, rounds: int, mesh: Mesh, *, donate: bool = True):
-    """:func:`pmap_train_chunk` as one ``jax.jit`` program over ``mesh`` (state replicated, the
-    drawn data split; the compiler inserts the reductions)."""
-    split_batch(global_batch, mesh.size)
-    rep = NamedSharding(mesh, P())
-    fn = functools.partial(train_chunk, with_batch_sharding(gan, mesh), source, local_batch=global_batch,
-                           rounds=rounds)
-    return jax.jit(fn, in_shardings=(rep,), out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
-
-
-def shard_map_step(gan: GAN, mesh: Mesh, method: str = "train_step", *, batch_axis: int = 0, donate: bool = True):
-    """The per-device ``gan.<method>`` (``axis_name`` set) under ``jax.shard_map`` over ``mesh``,
-    jitted: the state replicated (``P()``), the global batch split along ``batch_axis``. Inputs
-    as for :func:`sharded_step`."""
-    spec = P(*([None] * batch_axis), AXIS)
-    fn = jax.shard_map(getattr(with_axis(gan), method), mesh=mesh, in_specs=(P(), spec), out_specs=(P(), P()),
-                       check_vma=False)
-    return jax.jit(fn, donate_argnums=(0,) if donate else ())
-
-
-def shard_map_train_chunk(gan: GAN, source, global_batch: int, rounds: int, mesh: Mesh, *, donate: bool = True):
-    """:func:`pmap_train_chunk` under ``jax.shard_map`` over ``mesh`` (state replicated)."""
-    local_batch = split_batch(global_batch, mesh.size)
-    fn = functools.partial(train_chunk, with_axis(gan), source, local_batch=local_batch, rounds=rounds)
-    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(),), out_specs=(P(), P()), check_vma=False)
-    return jax.jit(mapped, donate_argnums=(0,) if donate else ())
-
-
-# ---------------------------------------------------------------------------- the loop's view
+# ---------------------------------------------------------------------------- the plan
 
 
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
     """How a run spreads over devices: ``mode`` (``jit`` on one device, ``pmap``, ``sharding``
-    or ``shard_map``) and the devices in use. Turns the unreplicated state into the mode's
-    layout (:meth:`place`) and back (:meth:`unplace`), and makes the compiled chunk of rounds.
+    or ``shard_map``) and the devices in use. The one place that knows the modes: it binds a
+    :class:`GAN` to the mode (:meth:`bind`), maps a function of ``(state, *batches)`` over the
+    devices (:meth:`map`; :meth:`step`, :meth:`train_chunk`, :meth:`train_chunk_fed` use it),
+    and lays the state (:meth:`place` / :meth:`unplace`) and batches (:meth:`put_batch`) out.
     Checkpoints always hold the unreplicated state, so a run resumes on any device count."""
 
     mode: str
     local: tuple[Device, ...]  # this process's devices in use
     devices: tuple[Device, ...]  # every process's devices in use, process by process
+    given_mesh: Mesh | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.mode not in ("jit", *MODES):
+            raise ParallelError(f"mode={self.mode!r}: choose jit or one of {', '.join(MODES)}")
 
     @property
     def num_devices(self) -> int:
@@ -289,10 +189,30 @@ class DataParallel:
 
     @functools.cached_property
     def mesh(self) -> Mesh:
-        return data_mesh(self.devices)
+        """The 1-D mesh over :attr:`devices` (the one given, if any)."""
+        return self.given_mesh if self.given_mesh is not None else data_mesh(self.devices)
+
+    @property
+    def per_device(self) -> bool:
+        """Whether the mapped function runs once per device on its share (``pmap``,
+        ``shard_map``) rather than once on the global batch (``jit``, ``sharding``)."""
+        return self.mode in ("pmap", "shard_map")
+
+    @property
+    def sync_axis(self) -> str | None:
+        """The axis per-device networks reduce batch statistics over (sync batch norm): the
+        device axis under ``pmap``/``shard_map``; None when the step sees the global batch."""
+        return AXIS if self.per_device else None
 
     def local_batch(self, global_batch: int) -> int:
+        """Each device's share of ``global_batch`` (refuses a batch that does not divide)."""
         return split_batch(global_batch, self.num_devices)
+
+    def step_batch(self, global_batch: int) -> int:
+        """The batch one call of a mapped function sees: each device's share when it runs per
+        device, else the global batch."""
+        local = self.local_batch(global_batch)
+        return local if self.per_device else global_batch
 
     def describe(self) -> str:
         platform = self.local[0].platform
@@ -300,85 +220,109 @@ class DataParallel:
         how = "plain jit" if self.mode == "jit" else self.mode
         return f"using {self.num_devices} {platform} device(s){hosts} ({how})"
 
+    # ------------------------------------------------------------------ functions
+
+    def bind(self, gan: GAN) -> GAN:
+        """``gan`` as this mode runs it: ``axis_name`` set per device, ``batch_sharding`` set
+        under ``sharding``, unchanged on one device."""
+        if self.mode == "jit":
+            return gan
+        if self.mode == "sharding":
+            return dataclasses.replace(gan, axis_name=None, batch_sharding=NamedSharding(self.mesh, P(AXIS)))
+        return dataclasses.replace(gan, axis_name=AXIS, batch_sharding=None)
+
+    def map(self, fn: Step, batch_axes: Sequence[int] = (), *, donate: bool = True) -> Step:
+        """``fn: (state, *batches) -> (state, metrics)``, written for a :meth:`bind`-ed GAN and
+        :meth:`step_batch` examples, compiled for this mode. ``batch_axes[i]`` is the axis of
+        batch ``i`` that holds the examples (split over the devices). Call it with a
+        :meth:`place`-d state and :meth:`put_batch`-ed batches; it returns the new state in the
+        same layout and the metrics, replicated (no device axis). Donates the state unless
+        ``donate=False``."""
+        donated = (0,) if donate else ()
+        if self.mode == "jit":
+            return jax.jit(fn, donate_argnums=donated)
+        if self.mode == "pmap":
+            return jax.pmap(fn, axis_name=AXIS, out_axes=(0, None), devices=self.devices, donate_argnums=donated)
+        specs = tuple(_batch_spec(a) for a in batch_axes)
+        if self.mode == "sharding":
+            rep = NamedSharding(self.mesh, P())
+            return jax.jit(fn, in_shardings=(rep, *(NamedSharding(self.mesh, s) for s in specs)),
+                           out_shardings=(rep, rep), donate_argnums=donated)
+        mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), *specs), out_specs=(P(), P()), check_vma=False)
+        return jax.jit(mapped, donate_argnums=donated)
+
+    def step(self, gan: GAN, method: str = "train_step", *, batch_axis: int = 0, donate: bool = True) -> Step:
+        """``gan.<method>`` (``train_step``, ``d_step`` or ``g_step``) in this mode: ``(state,
+        batch) -> (state, metrics)``, the batch's examples along ``batch_axis`` (1 for stacked
+        ``[d_steps, B, ...]`` batches)."""
+        if method not in STEPS:
+            raise ValueError(f"method={method!r}: choose {', '.join(STEPS)}")
+        return self.map(getattr(self.bind(gan), method), (batch_axis,), donate=donate)
+
+    def train_chunk(self, gan: GAN, source, global_batch: int, rounds: int, *, donate: bool = True,
+                    **chunk_kwargs) -> Step:
+        """``state -> (state, metrics [rounds])``: :func:`jaxgan.runner.train_chunk` (the data
+        drawn on each device; ``chunk_kwargs`` go to it) in this mode."""
+        fn = functools.partial(runner.train_chunk, self.bind(gan), source, local_batch=self.step_batch(global_batch),
+                               rounds=rounds, **chunk_kwargs)
+        return self.map(fn, donate=donate)
+
+    def train_chunk_fed(self, gan: GAN, transform: Callable | None, global_batch: int, *, donate: bool = True,
+                        **chunk_kwargs) -> Step:
+        """``(state, batches) -> (state, metrics [rounds])`` over host-fed batches laid out by
+        :meth:`put_fed`: :func:`jaxgan.runner.train_chunk_fed` (``chunk_kwargs`` go to it) in
+        this mode."""
+        self.local_batch(global_batch)
+        fn = functools.partial(runner.train_chunk_fed, self.bind(gan), transform=transform, **chunk_kwargs)
+        return self.map(fn, (2,), donate=donate)
+
+    # ------------------------------------------------------------------ layouts
+
     def place(self, state: PyTree) -> PyTree:
+        """An unreplicated state (or any pytree) in this mode's layout: on the device (``jit``),
+        one copy per local device on a leading axis (``pmap``), or replicated over the mesh."""
         if self.mode == "jit":
             return jax.device_put(state, self.local[0])
         if self.mode == "pmap":
-            return replicate(state, self.local)
-        return replicate_on(state, self.mesh)
+            return _each_leaf(lambda x: _replicas(x, self.local), state)
+        return _each_leaf(lambda x: _on_mesh(x, self.mesh), state)
 
     def unplace(self, state: PyTree) -> PyTree:
         """A single-device copy of the state on this process (safe to keep across donation)."""
         if self.mode == "jit":
             return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
         if self.mode == "pmap":
-            return unreplicate(state)
-        return local_copy(state)
+            return _each_leaf(_first_copy, state)
+        return _each_leaf(_local_copy, state)
+
+    def put_batch(self, batch: Any, batch_axis: int = 0) -> Array:
+        """This process's examples (along ``batch_axis``) in this mode's layout: under ``pmap``
+        with a leading device axis, device ``k`` holding this process's examples ``k*b/n ..
+        (k+1)*b/n - 1`` (as :meth:`GAN.example_ids` numbers them); under ``sharding`` and
+        ``shard_map`` this process's part of one global array split over the mesh."""
+        x = _host(batch)
+        if self.mode == "jit":
+            return jax.device_put(x, self.local[0])
+        n = len(self.local)
+        per = split_batch(x.shape[batch_axis], n)
+        if self.mode == "pmap":
+            split = x.reshape(*x.shape[:batch_axis], n, per, *x.shape[batch_axis + 1 :])
+            return _stacked(np.moveaxis(split, batch_axis, 0), self.local)
+        return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _batch_spec(batch_axis)), x)
+
+    def put_fed(self, batches: np.ndarray) -> Array:
+        """This process's host-fed batches ``[rounds, d_steps, B_host, ...]`` laid out for
+        :meth:`train_chunk_fed` (:meth:`put_batch` along axis 2)."""
+        return self.put_batch(batches, batch_axis=2)
 
     def for_checkpoint(self, state: PyTree) -> PyTree:
         """An :meth:`unplace`-d state as orbax saves it: unchanged with one process; with several,
         one global array replicated over every device in use (orbax then writes it once)."""
-        return replicate_on(state, self.mesh) if jax.process_count() > 1 else state
+        return _each_leaf(lambda x: _on_mesh(x, self.mesh), state) if jax.process_count() > 1 else state
 
     def restore_target(self, state: PyTree) -> PyTree:
         """An unreplicated state laid out as :meth:`for_checkpoint` saves it (restore into it)."""
-        return replicate_on(state, self.mesh) if jax.process_count() > 1 else state
-
-    @property
-    def sync_axis(self) -> str | None:
-        """The axis per-device networks reduce batch statistics over (sync batch norm): the
-        device axis under ``pmap``/``shard_map``; None when the step sees the global batch."""
-        return AXIS if self.mode in ("pmap", "shard_map") else None
-
-    def put_fed(self, batches: np.ndarray) -> Array:
-        """This process's host-fed batches ``[rounds, d_steps, B_host, ...]`` in this mode's
-        layout: under ``pmap`` a leading device axis ``[n_local, rounds, d_steps, B/n, ...]``
-        (device ``k`` holding slots ``k*B/n ..``, as :meth:`GAN.example_ids` numbers them);
-        otherwise one array split over the devices along the batch axis (2)."""
-        batches = np.asarray(batches)
-        if self.mode == "jit":
-            return jax.device_put(batches, self.local[0])
-        if self.mode == "pmap":
-            n = len(self.local)
-            rounds, d_steps, b = batches.shape[:3]
-            per = split_batch(b, n)
-            x = np.moveaxis(batches.reshape(rounds, d_steps, n, per, *batches.shape[3:]), 2, 0)
-            sharding = NamedSharding(Mesh(np.asarray(self.local), (AXIS,)), P(AXIS))
-            shards = [jax.device_put(x[k : k + 1], d) for k, d in enumerate(self.local)]
-            return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)
-        return shard_global_batch(batches, self.mesh, batch_axis=2)
-
-    def train_chunk_fed(self, gan: GAN, transform: Callable | None, global_batch: int):
-        """A compiled ``(state, batches) -> (state, metrics [rounds])`` over host-fed batches
-        laid out by :meth:`put_fed` (:func:`jaxgan.runner.train_chunk_fed`); donates the state."""
-        self.local_batch(global_batch)
-        if self.mode == "jit":
-            return jax.jit(functools.partial(train_chunk_fed, gan, transform=transform), donate_argnums=0)
-        if self.mode == "pmap":
-            fn = functools.partial(train_chunk_fed, with_axis(gan), transform=transform)
-            return jax.pmap(fn, axis_name=AXIS, out_axes=(0, None), devices=_global_pmap_devices(self.local),
-                            donate_argnums=(0,))
-        spec = P(None, None, AXIS)
-        if self.mode == "sharding":
-            rep = NamedSharding(self.mesh, P())
-            fn = functools.partial(train_chunk_fed, with_batch_sharding(gan, self.mesh), transform=transform)
-            return jax.jit(fn, in_shardings=(rep, NamedSharding(self.mesh, spec)), out_shardings=(rep, rep),
-                           donate_argnums=0)
-        fn = functools.partial(train_chunk_fed, with_axis(gan), transform=transform)
-        mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), spec), out_specs=(P(), P()), check_vma=False)
-        return jax.jit(mapped, donate_argnums=0)
-
-    def train_chunk(self, gan: GAN, source, global_batch: int, rounds: int):
-        """A compiled ``state -> (state, metrics [rounds])`` in this mode; donates the state."""
-        if self.mode == "jit":
-            self.local_batch(global_batch)
-            fn = functools.partial(train_chunk, gan, source, local_batch=global_batch, rounds=rounds)
-            return jax.jit(fn, donate_argnums=0)
-        if self.mode == "pmap":
-            return pmap_train_chunk(gan, source, global_batch, rounds, self.local)
-        if self.mode == "sharding":
-            return sharded_train_chunk(gan, source, global_batch, rounds, self.mesh)
-        return shard_map_train_chunk(gan, source, global_batch, rounds, self.mesh)
+        return self.for_checkpoint(state)
 
 
 def plan(mode: str = "pmap", devices: int = 0) -> DataParallel:
@@ -391,6 +335,81 @@ def plan(mode: str = "pmap", devices: int = 0) -> DataParallel:
     if len(every) == 1:
         mode = "jit"
     return DataParallel(mode, local, every)
+
+
+def pmap_plan(devices: Sequence[Device] | None = None) -> DataParallel:
+    """A ``pmap`` plan over ``devices`` of this process (default: all of them), even for one
+    device; with several processes, the same count on every process."""
+    local = tuple(devices) if devices is not None else tuple(jax.local_devices())
+    every = local if jax.process_count() == 1 else tuple(global_devices(len(local)))
+    return DataParallel("pmap", local, every)
+
+
+def mesh_plan(mesh: Mesh, mode: str = "sharding") -> DataParallel:
+    """A ``sharding`` or ``shard_map`` plan over ``mesh`` (a 1-D mesh with the axis ``"data"``,
+    e.g. :func:`data_mesh`)."""
+    if mode not in ("sharding", "shard_map"):
+        raise ParallelError(f"mode={mode!r}: a mesh runs sharding or shard_map")
+    if tuple(mesh.axis_names) != (AXIS,):
+        raise ParallelError(f"mesh axes {tuple(mesh.axis_names)}: use a 1-D mesh with the axis {AXIS!r} "
+                            "(jaxgan.parallel.data_mesh)")
+    every = tuple(mesh.devices.flat)
+    local = tuple(d for d in every if d.process_index == jax.process_index())
+    return DataParallel(mode, local, every, mesh)
+
+
+# ---------------------------------------------------------------------------- shorthands
+
+
+def replicate(tree: PyTree, devices: Sequence[Device] | None = None) -> PyTree:
+    """One copy of every leaf per device on a leading axis ``[n, ...]`` (pmap's layout;
+    ``devices`` default to all of this process's): :meth:`DataParallel.place` under pmap."""
+    return pmap_plan(devices).place(tree)
+
+
+def unreplicate(tree: PyTree) -> PyTree:
+    """The first replica of a :func:`replicate`-d (or pmap-output) tree: ``[n, ...] -> [...]``."""
+    return _each_leaf(_first_copy, tree)
+
+
+def shard_batch(batch: Array, devices: Sequence[Device] | None = None) -> Array:
+    """``batch: [B, ...]`` (this process's examples) -> ``[n, B/n, ...]`` on ``devices``:
+    :meth:`DataParallel.put_batch` under pmap."""
+    return pmap_plan(devices).put_batch(batch)
+
+
+def pmap_step(gan: GAN, method: str = "train_step", devices: Sequence[Device] | None = None, *,
+              donate: bool = True) -> Step:
+    """``gan.<method>`` pmapped over ``devices``: :meth:`DataParallel.step` under pmap. Call it
+    with a :func:`replicate`-d state and a :func:`shard_batch`-ed batch."""
+    return pmap_plan(devices).step(gan, method, donate=donate)
+
+
+def replicate_on(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Every leaf as a global array replicated over ``mesh`` (each process passes the same
+    host value): :meth:`DataParallel.place` on a mesh."""
+    return mesh_plan(mesh).place(tree)
+
+
+def shard_global_batch(local_batch: Array, mesh: Mesh, batch_axis: int = 0) -> Array:
+    """This process's examples as its part of a global batch split over ``mesh`` along
+    ``batch_axis``: :meth:`DataParallel.put_batch` on a mesh."""
+    return mesh_plan(mesh).put_batch(local_batch, batch_axis)
+
+
+def sharded_step(gan: GAN, mesh: Mesh, method: str = "train_step", *, batch_axis: int = 0,
+                 donate: bool = True) -> Step:
+    """``gan.<method>`` under ``jax.jit`` over ``mesh``, state replicated and batch split:
+    :meth:`DataParallel.step` under sharding (inputs from :func:`replicate_on` and
+    :func:`shard_global_batch`)."""
+    return mesh_plan(mesh, "sharding").step(gan, method, batch_axis=batch_axis, donate=donate)
+
+
+def shard_map_step(gan: GAN, mesh: Mesh, method: str = "train_step", *, batch_axis: int = 0,
+                   donate: bool = True) -> Step:
+    """The per-device ``gan.<method>`` under ``jax.shard_map`` over ``mesh``:
+    :meth:`DataParallel.step` under shard_map (inputs as for :func:`sharded_step`)."""
+    return mesh_plan(mesh, "shard_map").step(gan, method, batch_axis=batch_axis, donate=donate)
 
 
 # ---------------------------------------------------------------------------- multi-host

@@ -2,7 +2,7 @@
 starts, so the tests cannot change it in their own process). Writes what it computed to an
 ``.npz`` file; the tests compare the arrays.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel_worker.py OUT.npz chunks api_pmap
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel_worker.py OUT.npz chunks api_pmap layouts
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/parallel_worker.py OUT.npz resume:DIR
 """
 
@@ -63,7 +63,8 @@ def chunk_runs(out: dict, unroll: int, modes, prefix: str | None = None, **overr
 
 def step_api_runs(out: dict, which) -> None:
     """The ready steps on host batches: jax.jit(gan.train_step) as the reference, the pmapped
-    step on 2 and 8 devices, the sharded jit step and the shard_map step on 8."""
+    step on 2 (a plan's methods) and 8 devices (the free functions), the sharded jit step (the
+    free functions) and the shard_map step (a plan's methods) on 8."""
     config = configs.apply_overrides(configs.preset("ring8"), SMALL)
     run = loop.Run.from_config(config)
     gan = run.gan
@@ -78,25 +79,41 @@ def step_api_runs(out: dict, which) -> None:
             metrics.append(jax.device_get(m))
         return player_params(take(state)), {k: np.stack([np.asarray(m[k]) for m in metrics]) for k in metrics[0]}
 
+    def plan_drive(plan):
+        return drive(plan.step(gan), plan.place(run.init_state()), plan.put_batch, plan.unplace)
+
     runs = {
         "jit": lambda: drive(jax.jit(gan.train_step), run.init_state(), jnp.asarray, lambda s: s),
-        "pmap2": lambda: drive(
-            parallel.pmap_step(gan, devices=devices[:2]), parallel.replicate(run.init_state(), devices[:2]),
-            lambda b: parallel.shard_batch(b, devices[:2]), parallel.unreplicate),
+        # The plan's methods and their free-function shorthands (README), in turn.
+        "pmap2": lambda: plan_drive(parallel.pmap_plan(devices[:2])),
         "pmap8": lambda: drive(parallel.pmap_step(gan), parallel.replicate(run.init_state()), parallel.shard_batch,
                                parallel.unreplicate),
         "sharding8": lambda: drive(
             parallel.sharded_step(gan, mesh), parallel.replicate_on(run.init_state(), mesh),
-            lambda b: parallel.shard_global_batch(b, mesh), parallel.local_copy),
-        "shard_map8": lambda: drive(
-            parallel.shard_map_step(gan, mesh), parallel.replicate_on(run.init_state(), mesh),
-            lambda b: parallel.shard_global_batch(b, mesh), parallel.local_copy),
+            lambda b: parallel.shard_global_batch(b, mesh), parallel.mesh_plan(mesh).unplace),
+        "shard_map8": lambda: plan_drive(parallel.mesh_plan(mesh, "shard_map")),
     }
     results = {name: runs[name]() for name in which}
     for name, (params, metrics) in results.items():
         out[f"api/{name}/params"] = params
         for key, value in metrics.items():
             out[f"api/{name}/m/{key}"] = value
+
+
+def layout_runs(out: dict) -> None:
+    """Host-fed batches ``[rounds, d_steps, B, ...]`` laid out by each mode's plan: what every
+    device holds (pmap) and which examples each device's shard starts at (sharding)."""
+    x = np.arange(2 * 3 * 16 * 2, dtype=np.float32).reshape(2, 3, 16, 2)
+    devices = jax.local_devices()
+    out["layout/x"] = x
+    out["layout/pmap8"] = np.asarray(parallel.plan("pmap", 8).put_fed(x))
+    out["layout/pmap2"] = np.asarray(parallel.pmap_plan(devices[:2]).put_batch(x, batch_axis=2))
+    for mode in ("sharding", "shard_map"):
+        plan = parallel.plan(mode, 8)
+        placed = plan.put_fed(x)
+        out[f"layout/{mode}8"] = np.asarray(placed)
+        by_device = sorted(placed.addressable_shards, key=lambda s: plan.devices.index(s.device))
+        out[f"layout/{mode}8/starts"] = np.asarray([s.index[2].start for s in by_device])
 
 
 class _BatchNormD(nn.Module):
@@ -168,6 +185,7 @@ JOBS = {
     "chunks_unrolled": lambda out, arg: chunk_runs(out, unroll=2, modes=MODES[:3]),
     "chunks_packed": lambda out, arg: chunk_runs(out, unroll=1, modes=MODES, prefix="pack", pack=2, d_mbstd=True),
     "api_pmap": lambda out, arg: step_api_runs(out, ("jit", "pmap8")),
+    "layouts": lambda out, arg: layout_runs(out),
     "api_mesh": lambda out, arg: step_api_runs(out, ("jit", "pmap2", "sharding8", "shard_map8")),
     "batchnorm": lambda out, arg: batch_norm_runs(out),
     "resume": lambda out, arg: resume_runs(out, arg),

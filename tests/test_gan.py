@@ -253,3 +253,71 @@ def test_generator_without_latent_dim_is_refused():
     g = jg.nets.Network(g.init, g.apply, latent_dim=None)
     with pytest.raises(ValueError, match="latent_dim"):
         jg.GAN(g, d, optax.adam(1e-3), optax.adam(1e-3))
+
+
+# ---------------------------------------------------------------------------- argument checks
+
+
+def test_steps_name_the_batch_and_generator_shapes_at_trace_time(key):
+    """A batch whose examples are not what G makes (flax failed deep inside D before): each
+    step says both shapes, under jit at lowering (nothing runs), and for stacked batches."""
+    gan = mlp_gan(unroll_steps=1)  # g_step reads the batch in its lookahead
+    state = gan.init(jax.random.key(1), batch(key))
+    bad = batch(key, dim=3)
+    shapes = (r"the batch has shape \(32, 3\) \(examples of shape \(3,\)\) but the generator makes samples of "
+              r"shape \(2,\)")
+    for name in ("train_step", "d_step", "g_step"):
+        step = getattr(gan, name)
+        with pytest.raises(ValueError, match=f"^{name}: {shapes}: pass batches \\[B, 2\\]"):
+            step(state, bad)
+        with pytest.raises(ValueError, match=shapes):  # at trace time: shapes only, no data
+            jax.jit(step).lower(state, jax.ShapeDtypeStruct(bad.shape, bad.dtype))
+    stacked = jnp.stack([bad, bad])
+    with pytest.raises(ValueError, match=r"shape \(2, 32, 3\) \(examples of shape \(3,\)\).*or \[n, B, 2\]"):
+        gan.train_step(state, stacked)
+    # d_step takes one batch [B, ...]; train_step and g_step also take [n, B, ...].
+    with pytest.raises(ValueError, match=r"^d_step: the batch has shape \(2, 32, 2\) \(3 axes\)"):
+        gan.d_step(state, jnp.stack([batch(key)] * 2))
+    with pytest.raises(ValueError, match=r"^train_step: the batch has shape \(32,\) \(1 axes\)"):
+        gan.train_step(state, batch(key)[:, 0])
+
+
+def test_steps_and_init_refuse_data_of_another_dtype(key):
+    """uint8 images where G makes float32 ones: refused by name (before, init and the steps took
+    them and D silently compared uint8 reals with float fakes)."""
+    g, d = jg.nets.mlp_pair((4, 4, 1), 8, g_hidden=(16,), d_hidden=(16,))
+    gan = jg.GAN(g, d, optax.adam(1e-3), optax.adam(1e-3))
+    images = jax.random.uniform(key, (8, 4, 4, 1))
+    pixels = (images * 255).astype(jnp.uint8)
+    message = r"the batch has dtype uint8 \(shape \(8, 4, 4, 1\)\) but the generator makes float32 samples"
+    with pytest.raises(ValueError, match=f"^init: {message}"):
+        gan.init(key, pixels)
+    state = gan.init(key, images)
+    for name in ("train_step", "d_step", "g_step"):
+        with pytest.raises(ValueError, match=f"^{name}: {message}"):
+            jax.jit(getattr(gan, name)).lower(state, pixels)
+    # A float64 host array is what jit would make of it anyway (float32 without x64): accepted.
+    new, _ = gan.d_step(state, np.asarray(images, np.float64))
+    assert int(new.d.count) == 1
+
+
+def test_sample_refuses_a_state_of_another_generator_and_a_bad_count(key):
+    gan = mlp_gan()
+    state = gan.init(jax.random.key(1), batch(key))
+    other = mlp_gan(dim=3).init(jax.random.key(1), batch(key, dim=3))
+    with pytest.raises(ValueError, match=r"^sample: the state's generator params do not fit this GAN's generator "
+                                         r"\(\['Dense_1'\]\['bias'\] has shape \(3,\) in the state, \(2,\) here\)"):
+        jax.jit(lambda s: gan.sample(s, key, 4)).lower(other)
+    with pytest.raises(ValueError, match=r"^train_step: the state's generator params do not fit"):
+        gan.train_step(other, batch(key))
+    g, d = jg.nets.mlp_pair((2,), 8, g_hidden=(16, 16), d_hidden=(16,))
+    deeper = jg.GAN(g, d, optax.adam(1e-3), optax.adam(1e-3)).init(jax.random.key(1), batch(key))
+    with pytest.raises(ValueError, match=r"^sample: the state's generator params are not this GAN's generator's"):
+        gan.sample(deeper, key, 4)
+    replicated = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    with pytest.raises(ValueError, match=r"leading device axis \[2, \.\.\.\]: pass jaxgan.parallel.unreplicate"):
+        gan.sample(replicated, key, 4)
+    for n in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=f"^sample: n={n!r}: ask for a Python int n >= 1"):
+            gan.sample(state, key, n)
+    assert gan.sample(state, key, 3).shape == (3, 2)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import configs, parallel, scores
+from jaxgan import configs, parallel, runner, scores
 from jaxgan.loop import Run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +50,7 @@ def metric_names(result, prefix: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def eight(tmp_path_factory):
-    return run_worker(tmp_path_factory.mktemp("eight"), 8, "chunks", "api_pmap")
+    return run_worker(tmp_path_factory.mktemp("eight"), 8, "chunks", "api_pmap", "layouts")
 
 
 def check_same_trajectory(result, prefix: str, reference: str, others: list[str]) -> None:
@@ -82,6 +82,22 @@ def test_ready_pmapped_step_matches_jit_on_host_batches(eight):
     assert_close(eight["api/pmap8/params"], ref, "pmap_step params")
     for name in metric_names(eight, "api/jit/m/"):
         assert_close(eight[f"api/pmap8/m/{name}"], eight[f"api/jit/m/{name}"], f"pmap_step {name}")
+
+
+def test_host_fed_batches_are_split_by_example_index_in_every_mode(eight):
+    """put_fed / put_batch along the batch axis (2) of [rounds, d_steps, B, ...]: under pmap
+    device k holds examples k*B/n .. (k+1)*B/n - 1 on a leading device axis; on a mesh the global
+    array is the batch itself, device k's shard starting at example k*B/n."""
+    x = eight["layout/x"]
+    for name, n in (("pmap8", 8), ("pmap2", 2)):
+        per = x.shape[2] // n
+        got = eight[f"layout/{name}"]
+        assert got.shape == (n, 2, 3, per, 2), (name, got.shape)
+        for k in range(n):
+            np.testing.assert_array_equal(got[k], x[:, :, k * per : (k + 1) * per], err_msg=f"{name} device {k}")
+    for mode in ("sharding", "shard_map"):
+        np.testing.assert_array_equal(eight[f"layout/{mode}8"], x)
+        np.testing.assert_array_equal(eight[f"layout/{mode}8/starts"], np.arange(0, 16, 2))
 
 
 @pytest.mark.slow
@@ -168,6 +184,19 @@ def test_asking_for_more_devices_than_there_are_says_how_to_simulate_them():
         parallel.plan("nope", 1)
 
 
+def test_plans_refuse_an_unknown_mode_and_a_mesh_without_the_data_axis():
+    devices = jax.local_devices()[:1]
+    with pytest.raises(parallel.ParallelError, match="mode='nope': choose jit or one of"):
+        parallel.DataParallel("nope", tuple(devices), tuple(devices))
+    with pytest.raises(parallel.ParallelError, match="a mesh runs sharding or shard_map"):
+        parallel.mesh_plan(parallel.data_mesh(devices), "pmap")
+    other = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+    with pytest.raises(parallel.ParallelError, match=r"mesh axes \('batch',\): use a 1-D mesh with the axis 'data'"):
+        parallel.sharded_step(None, other)
+    with pytest.raises(ValueError, match="method='sample': choose train_step, d_step, g_step"):
+        parallel.plan("pmap", 1).step(None, "sample")
+
+
 def test_one_device_is_plain_jit_and_layouts_round_trip():
     plan = parallel.plan("pmap", 0)
     if jax.device_count() == 1:
@@ -188,11 +217,34 @@ def test_one_device_is_plain_jit_and_layouts_round_trip():
     mesh = parallel.data_mesh(devices)
     placed = parallel.replicate_on(state, mesh)
     assert placed.g.count.sharding.is_fully_replicated
-    np.testing.assert_array_equal(np.asarray(parallel.local_copy(placed).d.count), np.asarray(state.d.count))
+    back = parallel.mesh_plan(mesh).unplace(placed)
+    np.testing.assert_array_equal(np.asarray(back.d.count), np.asarray(state.d.count))
     batch = np.arange(12.0).reshape(6, 2)
     assert parallel.shard_batch(batch, devices).shape == (1, 6, 2)
     with pytest.raises(parallel.ParallelError, match="does not divide"):
         parallel.shard_batch(batch[:5], [devices[0], devices[0]])
+
+
+def test_chunks_pass_extra_keywords_to_the_runner(monkeypatch):
+    """plan.train_chunk / train_chunk_fed hand the keywords they do not use (e.g. ``unroll``) to
+    jaxgan.runner's chunk functions, with the batch one call sees."""
+    seen = []
+
+    def chunk(gan, source, state, **kwargs):
+        seen.append(("chunk", gan, source, kwargs))
+        return state, {}
+
+    def chunk_fed(gan, state, batches, **kwargs):
+        seen.append(("fed", gan, kwargs))
+        return state, {}
+
+    monkeypatch.setattr(runner, "train_chunk", chunk)
+    monkeypatch.setattr(runner, "train_chunk_fed", chunk_fed)
+    plan = parallel.plan("pmap", 1)
+    plan.train_chunk("gan", "source", 8, 3, unroll=2, draw_in_round=False)(jnp.zeros(2))
+    plan.train_chunk_fed("gan", "transform", 8, unroll=2)(jnp.zeros(2), jnp.ones(3))
+    assert seen == [("chunk", "gan", "source", {"local_batch": 8, "rounds": 3, "unroll": 2, "draw_in_round": False}),
+                    ("fed", "gan", {"transform": "transform", "unroll": 2})]
 
 
 def test_distributed_settings_from_arguments_and_environment():
