@@ -67,13 +67,23 @@ Event = dict[str, Any]
 
 FAILURES = (
     "nan",
+    "vanishing_gradients",
     "discriminator_dominates",
     "generator_dominates",
-    "mode_collapse",
-    "vanishing_gradients",
     "non_convergence",
+    "mode_collapse",
+    "poor_fit",
 )
 KINDS = (*FAILURES, "converged")
+# A cause explains its symptoms: when both hold, the event names the cause and lists the rest.
+EXPLAINS: dict[str, tuple[str, ...]] = {
+    "vanishing_gradients": ("discriminator_dominates", "mode_collapse", "poor_fit"),
+    "discriminator_dominates": ("mode_collapse", "poor_fit"),
+    "generator_dominates": ("mode_collapse", "poor_fit"),
+    "non_convergence": ("mode_collapse", "poor_fit"),
+    "mode_collapse": ("poor_fit",),
+}
+SAMPLE_KINDS = ("mode_collapse", "poor_fit")  # judged on G's samples; need D without a clear edge
 HYSTERESIS = 0.05  # how far back across a score threshold a value must go to count as recovered
 SCORE_KEYS = ("generator_score", "discriminator_score")
 
@@ -174,6 +184,14 @@ _WEIGHT_PENALTY = Advice("a penalty on the discriminator's weights",
 _GRADIENT_PENALTY = Advice("a gradient penalty on the discriminator",
                            lambda c: f"gp={_more(c.gp, 10.0, 100.0)}" if c.loss == "wasserstein"
                            else f"r1={_more(c.r1, 1.0, 100.0)}")
+_PACK = Advice("packing: D judges several samples at once (PacGAN), so it sees how they spread",
+               lambda c: f"pack={max(2, 2 * c.pack)}")
+_MBSTD = Advice("minibatch standard deviation in D: it sees its batch's spread", lambda c: "d_mbstd=true",
+                lambda c: c.d_mbstd)
+_D_FASTER = Advice("a discriminator that learns faster (it cannot tell the samples from the data now)",
+                   lambda c: f"d_lr={min(1e-2, 4 * c.d_lr):g}")
+_DECAY = Advice("learning rates that decay to 0 over the run, so both players settle",
+                lambda c: "lr_decay=cosine", lambda c: c.lr_decay != "none")
 _STOP_BEST = Advice("stop training here and keep the best checkpoint",
                     lambda c: "diag.stop_on_converged=true keep_best=auto")
 _LOOK = Advice("look at the samples: a flat pair of scores can hide a collapsed generator")
@@ -187,7 +205,8 @@ _SKIP = Advice("skip non-finite updates instead of stopping", lambda c: "nan_pol
 ADVICE: dict[str, tuple[Advice, ...]] = {
     "discriminator_dominates": (_LABEL_FLIP, _D_DROPOUT, _G_WIDER, _D_NARROWER),
     "generator_dominates": (_D_WIDER, _G_DROPOUT, _G_NARROWER),
-    "mode_collapse": (_LATENT, _G_WIDER, _LABEL_FLIP, _WASSERSTEIN, _UNROLL),
+    "mode_collapse": (_PACK, _MBSTD, _UNROLL, _LATENT, _G_WIDER, _LABEL_FLIP, _WASSERSTEIN),
+    "poor_fit": (_D_FASTER, _D_WIDER, _PACK, _MBSTD, _DECAY),
     "vanishing_gradients": (_WASSERSTEIN, _NON_SATURATING),
     "non_convergence": (_NOISE, _WEIGHT_PENALTY, _GRADIENT_PENALTY),
     "converged": (_STOP_BEST, _LOOK),
@@ -223,8 +242,10 @@ _MEANING = {
     "generator_dominates": "D calls the fakes real; early on this usually means a trivial feature "
                            "fools D and the samples are poor",
     "mode_collapse": "G makes many near-identical outputs from different latents",
-    "vanishing_gradients": "D is so good that G's gradient has all but vanished",
+    "vanishing_gradients": "D is so sure of every fake that the saturating loss tells G almost nothing",
     "non_convergence": "the scores keep swinging without settling",
+    "poor_fit": "G's samples do not look like the data, yet D cannot tell them apart, so G is told "
+                "nothing that would improve them",
     "converged": "D is flipping a coin: its feedback is now noise, and training on can make G "
                  "worse (convergence is often fleeting)",
     "nan": "an update produced NaN/Inf",
@@ -348,39 +369,88 @@ class Finding:
 Detector = Callable[[History, int, Thresholds, bool, dict[str, Any]], "Finding | None"]
 
 
+def _scores(h: History, t: int, th: Thresholds) -> tuple[Window, Window] | None:
+    g = h.window("generator_score", t, th.window, th.score_warmup)
+    d = h.window("discriminator_score", t, th.window, th.score_warmup)
+    return None if g is None or d is None else (g, d)
+
+
 def detect_discriminator_dominates(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
-    g = h.window("generator_score", t, th.window, th.warmup)
-    d = h.window("discriminator_score", t, th.window, th.warmup)
-    if g is None or d is None:
+    w = _scores(h, t, th)
+    if w is None:
         return None
+    g, d = w
     m = HYSTERESIS if active else 0.0
     holds = g.mean <= th.g_low + m and d.mean >= th.d_high - m
     ev = {"window": [g.start, g.end], "rows": g.rows, "generator_score": _r(g.mean),
           "discriminator_score": _r(d.mean), "g_low": th.g_low, "d_high": th.d_high}
-    acc = h.window("d_accuracy_fake", t, th.window, th.warmup)
-    if acc is not None:
-        ev["d_accuracy_fake"] = _r(acc.mean)
+    for key in ("d_accuracy_fake", "g_signal"):
+        x = h.window(key, t, th.window, th.score_warmup)
+        if x is not None:
+            ev[key] = _r(x.mean)
     summary = (f"generator score {g.mean:.3f} <= {th.g_low:g} and discriminator score {d.mean:.3f} >= "
                f"{th.d_high:g} over steps {g.start}-{g.end}")
     return Finding(holds, ev, summary)
 
 
 def detect_generator_dominates(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
-    g = h.window("generator_score", t, th.window, th.warmup)
+    g = h.window("generator_score", t, th.window, th.score_warmup)
     if g is None:
         return None
     m = HYSTERESIS if active else 0.0
     holds = g.mean >= th.g_high - m
     ev = {"window": [g.start, g.end], "rows": g.rows, "generator_score": _r(g.mean), "g_high": th.g_high}
     for key in ("discriminator_score", "d_accuracy_fake"):
-        w = h.window(key, t, th.window, th.warmup)
+        w = h.window(key, t, th.window, th.score_warmup)
         if w is not None:
             ev[key] = _r(w.mean)
     summary = f"generator score {g.mean:.3f} >= {th.g_high:g} over steps {g.start}-{g.end}"
     return Finding(holds, ev, summary)
 
 
+def detect_vanishing_gradients(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    """The slope of G's loss at D's verdict (``g_signal``) has fallen to ``vanish_ratio`` of its
+    largest value while D is confident: the saturating minimax loss tells G almost nothing."""
+    sig = h.window("g_signal", t, th.window, th.score_warmup)
+    d = h.window("discriminator_score", t, th.window, th.score_warmup)
+    if sig is None or d is None:
+        return None
+    _, seen = h.series("g_signal", until=t)
+    seen = seen[np.isfinite(seen)]
+    peak = float(seen.max()) if seen.size else math.nan
+    ratio = sig.mean / peak if peak > 0 else 1.0
+    m = HYSTERESIS if active else 0.0
+    holds = ratio <= th.vanish_ratio * (2.0 if active else 1.0) and d.mean >= th.d_high - m
+    ev = {"window": [sig.start, sig.end], "rows": sig.rows, "g_signal": _r(sig.mean), "g_signal_peak": _r(peak),
+          "ratio": _r(ratio), "discriminator_score": _r(d.mean), "vanish_ratio": th.vanish_ratio, "d_high": th.d_high}
+    gn = h.window("g_grad_norm", t, th.window, th.score_warmup)
+    if gn is not None:
+        ev["g_grad_norm"] = _r(gn.mean)
+    summary = (f"the slope of G's loss at D's verdict is {sig.mean:.3g}, {ratio:.3g} x its peak {peak:.3g}, while "
+               f"the discriminator score is {d.mean:.3f}, over steps {sig.start}-{sig.end}")
+    return Finding(holds, ev, summary)
+
+
+def _measured(h: History, key: str, t: int, th: Thresholds) -> Window | None:
+    """Sample measurements over the window, or, when none falls inside it (measured less often
+    than the window, e.g. periodic evaluation), the latest one of the last ``long_window`` rounds."""
+    w = h.window(key, t, th.window, th.warmup)
+    if w is not None:
+        return w
+    latest = h.latest(key)
+    if latest is None or not (t - th.long_window < latest[0] <= t) or latest[0] <= th.warmup \
+            or not math.isfinite(latest[1]):
+        return None
+    step, value = latest
+    one = np.asarray([step], np.int64)
+    return Window(step, step, one, np.asarray([value]), np.ones(1))
+
+
 def detect_mode_collapse(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    """Diversity (fake spread over real spread, in-step) at most ``diversity_min``; or, on toy
+    data, the high-quality samples on at most ``modes_min`` of the modes (effective count),
+    judged only when at least ``quality_min`` of them are high quality (else the count says
+    little: that is :func:`detect_poor_fit`'s case)."""
     verdicts, ev, parts = [], {}, []
     div = h.window("diversity", t, th.window, th.warmup)
     if div is not None:
@@ -390,47 +460,51 @@ def detect_mode_collapse(h: History, t: int, th: Thresholds, active: bool, ctx) 
                    "diversity_min": th.diversity_min})
         parts.append(f"diversity {div.mean:.3f} ({'<=' if div.mean <= limit else '>'} {th.diversity_min:g}) "
                      f"over steps {div.start}-{div.end}")
-    # Toy data: the latest coverage snapshot (a point measurement of many samples, valid until
-    # the next one), judged when enough samples sit on modes for the mode histogram to mean much.
     num_modes = ctx.get("num_modes")
-    eff, quality = h.latest("modes_effective"), h.latest("high_quality_frac")
-    if num_modes and eff is not None and quality is not None and eff[0] > th.warmup and eff[0] == quality[0]:
-        (snap, e), q = eff, quality[1]
-        if math.isfinite(e) and q >= th.quality_min:
-            limit = th.modes_min * num_modes * (1.2 if active else 1.0)
-            verdicts.append(e <= limit)
-            ev.update({"modes_step": int(snap), "modes_effective": _r(e), "modes_total": int(num_modes),
-                       "high_quality_frac": _r(q), "modes_min": th.modes_min, "quality_min": th.quality_min})
-            captured = h.latest("modes_captured")
-            if captured is not None and captured[0] == snap:
-                ev["modes_captured"] = _r(captured[1])
-            parts.append(f"{e:.1f} effective modes of {num_modes} at step {snap} "
-                         f"({'<=' if e <= limit else '>'} {th.modes_min:g} x {num_modes}), "
-                         f"{100 * q:.0f}% of samples on a mode")
+    eff = _measured(h, "modes_effective", t, th)
+    quality = _measured(h, "high_quality_frac", t, th)
+    if num_modes and eff is not None and quality is not None and quality.mean >= th.quality_min:
+        limit = th.modes_min * num_modes * (1.2 if active else 1.0)
+        verdicts.append(eff.mean <= limit)
+        ev.update({"modes_effective": _r(eff.mean), "modes_total": int(num_modes),
+                   "high_quality_frac": _r(quality.mean), "modes_min": th.modes_min, "quality_min": th.quality_min})
+        parts.append(f"{eff.mean:.1f} effective modes of {num_modes} "
+                     f"({'<=' if eff.mean <= limit else '>'} {th.modes_min:g} x {num_modes}), "
+                     f"{100 * quality.mean:.0f}% of samples on a mode")
     if not verdicts:
         return None
     return Finding(any(verdicts), ev, "; ".join(parts))
 
 
-def detect_vanishing_gradients(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
-    gn = h.window("g_grad_norm", t, th.window, th.warmup)
-    d = h.window("discriminator_score", t, th.window, th.warmup)
-    if gn is None or d is None:
+FIT_KEYS = ("high_quality_frac", "precision_classifier", "precision_inception")  # toy, then images
+
+
+def detect_poor_fit(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    """G's samples are mostly off the data (toy: the high-quality fraction; images: the
+    precision of their features against real ones, from periodic evaluation) below ``fit_min``
+    while both scores sit within 0.5 +- ``fit_band``: D cannot tell, so G gets no signal to fix
+    them. Judged after ``warmup``."""
+    w = _scores(h, t, th)
+    if w is None or t < th.warmup + th.window:
         return None
-    _, after = h.series("g_grad_norm", after=th.warmup, until=t)
-    after = after[np.isfinite(after)]
-    if after.size == 0:
+    g, d = w
+    fit = None
+    for key in FIT_KEYS:
+        x = _measured(h, key, t, th)
+        if x is not None:
+            fit = (key, x)
+            break
+    if fit is None:
         return None
-    peak = float(after.max())
-    ratio = gn.mean / peak if peak > 0 else 1.0
-    m = HYSTERESIS if active else 0.0
-    holds = ratio <= th.vanish_ratio * (2.0 if active else 1.0) and d.mean >= th.d_high - m
-    ev = {"window": [gn.start, gn.end], "rows": gn.rows, "g_grad_norm": _r(gn.mean), "g_grad_norm_peak": _r(peak),
-          "ratio": _r(ratio), "discriminator_score": _r(d.mean), "vanish_ratio": th.vanish_ratio,
-          "d_high": th.d_high}
-    summary = (f"G's gradient norm {gn.mean:.3g} is {ratio:.3g} x its peak {peak:.3g} while the "
-               f"discriminator score is {d.mean:.3f}, over steps {gn.start}-{gn.end}")
-    return Finding(holds, ev, summary)
+    key, x = fit
+    band = th.fit_band * (1.5 if active else 1.0)
+    low = x.mean < th.fit_min * (1.1 if active else 1.0)
+    undecided = abs(g.mean - 0.5) <= band and abs(d.mean - 0.5) <= band
+    ev = {"window": [x.start, x.end], "rows": x.rows, key: _r(x.mean), "fit_min": th.fit_min,
+          "generator_score": _r(g.mean), "discriminator_score": _r(d.mean), "fit_band": th.fit_band}
+    summary = (f"{key.replace('_', ' ')} {x.mean:.3f} {'<' if low else '>='} {th.fit_min:g} while the scores sit at "
+               f"{g.mean:.2f} and {d.mean:.2f}, over steps {x.start}-{x.end}")
+    return Finding(low and undecided, ev, summary)
 
 
 def _crossings(values: np.ndarray, level: float) -> int:
@@ -442,7 +516,7 @@ def _crossings(values: np.ndarray, level: float) -> int:
 def detect_non_convergence(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
     best: Finding | None = None
     for key in SCORE_KEYS:
-        w = h.window(key, t, th.long_window, th.warmup)
+        w = h.window(key, t, th.long_window, th.score_warmup)
         if w is None or w.rows < 2 * th.osc_crossings:
             continue
         half = w.rows // 2
@@ -467,12 +541,12 @@ def detect_non_convergence(h: History, t: int, th: Thresholds, active: bool, ctx
 
 
 def detect_converged(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
-    g = h.window("generator_score", t, th.window, th.warmup)
-    d = h.window("discriminator_score", t, th.window, th.warmup)
-    ar = h.window("d_accuracy_real", t, th.window, th.warmup)
-    af = h.window("d_accuracy_fake", t, th.window, th.warmup)
-    if g is None or d is None or ar is None or af is None:
+    w = _scores(h, t, th)
+    ar = h.window("d_accuracy_real", t, th.window, th.score_warmup)
+    af = h.window("d_accuracy_fake", t, th.window, th.score_warmup)
+    if w is None or ar is None or af is None:
         return None
+    g, d = w
     _, d_before = h.series("discriminator_score", after=-1, until=t)
     d_before = d_before[np.isfinite(d_before)]
     edge = float(d_before.max()) if d_before.size else math.nan
@@ -493,27 +567,34 @@ def detect_converged(h: History, t: int, th: Thresholds, active: bool, ctx) -> F
 
 
 DETECTORS: dict[str, Detector] = {
+    "vanishing_gradients": detect_vanishing_gradients,
     "discriminator_dominates": detect_discriminator_dominates,
     "generator_dominates": detect_generator_dominates,
-    "mode_collapse": detect_mode_collapse,
-    "vanishing_gradients": detect_vanishing_gradients,
     "non_convergence": detect_non_convergence,
+    "mode_collapse": detect_mode_collapse,
+    "poor_fit": detect_poor_fit,
     "converged": detect_converged,
 }
 
 
 class Diagnosis:
-    """Feeds the metric stream through every detector and applies the policy.
+    """Feeds the metric stream through every detector, names the cause and applies the policy.
 
-    ``feed(step, row)`` returns the new events. ``active`` maps each failure that is on to the
-    step it started; ``stop_reason`` is set when the policy says stop. ``num_modes`` (toy data)
-    lets ``mode_collapse`` judge coverage; ``config`` makes the remedies concrete.
+    ``feed(step, row)`` returns the new events. Each row is judged by every detector; a failure
+    that holds is a *cause* unless a failure that explains it (:data:`EXPLAINS`) holds too, in
+    which case it is listed among that cause's ``symptoms``. A failure judged on samples
+    (:data:`SAMPLE_KINDS`) is a cause only while D has no clear edge (its score below ``edge``):
+    while D is winning, G still has something to learn from, and if D goes on to dominate, that
+    is the cause. ``converged`` is not reported while G's samples are poor or collapsed.
+    ``active`` maps each failure that is on to the step it started; ``stop_reason`` is set when
+    the policy says stop. ``num_modes`` (toy data) lets the sample detectors read mode counts;
+    ``config`` makes the remedies concrete.
     """
 
-    def __init__(self, thresholds: Thresholds = Thresholds(), policy: Policy = Policy(), *,
+    def __init__(self, thresholds: Thresholds | None = None, policy: Policy | None = None, *,
                  config: Any = None, num_modes: int | None = None, origin: int = 0):
-        self.thresholds = thresholds
-        self.policy = policy
+        self.thresholds = thresholds or Thresholds()
+        self.policy = policy or Policy()
         self.config = config
         self.num_modes = num_modes
         self.history = History(origin)
@@ -523,21 +604,35 @@ class Diagnosis:
         self.stop_reason: str | None = None
 
     def feed(self, step: int, row: Row) -> list[Event]:
-        """Add one logged row (a chunk's means, or scalars measured at a checkpoint)."""
+        """Add one logged row (training metrics, sample quality or evaluation) and judge."""
         step = int(step)
         self.history.add(step, row)
         ctx = {"num_modes": self.num_modes, "row": row}
-        new: list[Event] = []
+        findings: dict[str, Finding] = {}
         for kind, detect in DETECTORS.items():
-            was = kind in self.active
-            finding = detect(self.history, step, self.thresholds, was, ctx)
-            if finding is None:
+            finding = detect(self.history, step, self.thresholds, kind in self.active, ctx)
+            if finding is not None:
+                findings[kind] = finding
+                self.latest[kind] = finding
+        holding = {k for k, f in findings.items() if f.holds}
+        if holding & set(SAMPLE_KINDS):
+            holding.discard("converged")
+        d = self.history.window("discriminator_score", step, self.thresholds.window, self.thresholds.score_warmup)
+        edge = d is not None and d.mean >= self.thresholds.edge
+        new: list[Event] = []
+        for kind in KINDS:
+            if kind not in holding or kind in self.active:
                 continue
-            self.latest[kind] = finding
-            if finding.holds and not was:
-                self.active[kind] = step
-                new.append(self._onset(step, kind, finding))
-            elif was and not finding.holds:
+            if any(kind in EXPLAINS.get(other, ()) for other in holding):
+                continue  # a symptom of another failure that holds
+            if kind in SAMPLE_KINDS and edge:
+                continue  # D is winning: if it goes on to dominate, that is the cause
+            symptoms = sorted(k for k in holding if k in EXPLAINS.get(kind, ()))
+            self.active[kind] = step
+            new.append(self._onset(step, kind, findings[kind], symptoms, findings))
+        for kind in list(self.active):
+            finding = findings.get(kind)
+            if finding is not None and not finding.holds:
                 since = self.active.pop(kind)
                 new.append({
                     "step": step, "kind": "recovered",
@@ -550,10 +645,16 @@ class Diagnosis:
         self.events.extend(new)
         return new
 
-    def _onset(self, step: int, kind: str, finding: Finding) -> Event:
-        return {"step": step, "kind": kind, "evidence": finding.evidence,
-                "remedies": remedies(kind, self.config),
-                "message": f"{finding.summary}: {_MEANING[kind]}"}
+    def _onset(self, step: int, kind: str, finding: Finding, symptoms: list[str],
+               findings: dict[str, Finding]) -> Event:
+        evidence = dict(finding.evidence)
+        message = f"{finding.summary}: {_MEANING[kind]}"
+        if symptoms:
+            evidence["symptoms"] = symptoms
+            evidence["symptom_evidence"] = {k: findings[k].evidence for k in symptoms}
+            message += "; symptoms: " + "; ".join(f"{k.replace('_', ' ')} ({findings[k].summary})" for k in symptoms)
+        return {"step": step, "kind": kind, "evidence": evidence, "remedies": remedies(kind, self.config),
+                "message": message}
 
     def _apply_policy(self, step: int) -> list[Event]:
         if self.stop_reason is not None:

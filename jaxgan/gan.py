@@ -545,9 +545,12 @@ class GAN:
             fake_in = self._pack(self._perturb(fake, k_noise, ids, d_ahead.count))
             # D's batch statistics from this pass are discarded: D is held constant.
             logits, _ = self._discriminate(d_ahead.params, d_ahead.model_state, fake_in, k_d, True)
-            return self.loss.generator_loss(logits), g_state
+            return self.loss.generator_loss(logits), (g_state, logits)
 
-        (loss, g_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
+        (loss, (g_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
+        # What D's verdict tells G: the slope of G's loss at each fake's logit. The saturating
+        # minimax loss's slope is D(G(z)) itself, so it vanishes as D rejects every fake.
+        slope = jax.grad(self.loss.generator_loss)(jax.lax.stop_gradient(logits)) * logits.shape[0]
         grads = self._pmean(grads)
         if self.sync_model_state:
             g_state = self._pmean(g_state)
@@ -560,6 +563,7 @@ class GAN:
         metrics = {
             "g_loss": loss,
             "g_grad_norm": grad_norm,
+            "g_signal": jnp.mean(jnp.abs(slope)),
             "g_nonfinite": 1.0 - finite.astype(jnp.float32),
         }
         return new, self._pmean(metrics)
