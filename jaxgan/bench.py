@@ -135,11 +135,11 @@ def library_chunk(config: Config, rounds: int):
     """``(run, fn, args, plan)``: the chunk ``jaxgan train`` runs for ``config`` in its parallel
     mode (:func:`jaxgan.parallel.plan`; not yet compiled) and its arguments (the placed fresh
     state, and the placed host batches when the data is host-fed)."""
-    from jaxgan import loop, parallel
+    from jaxgan import build, parallel
 
     plan = parallel.plan(config.parallel, config.devices)
     plan.local_batch(config.batch_size)
-    run = loop.Run.from_config(config, sync_axis=plan.sync_axis)
+    run = build.Run.from_config(config, sync_axis=plan.sync_axis)
     state = plan.place(run.init_state())
     if isinstance(run.source, HostSource):
         fn = plan.train_chunk_fed(run.gan, run.source.device_transform, config.batch_size)

@@ -160,8 +160,11 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
             activation=config.activation,
             d_dropout=config.d_dropout,
             init_gain=config.init_gain,
+            init_std=config.init_std,
             d_input_scale=config.d_input_scale,
             d_mbstd=config.d_mbstd,
+            d_activation=config.d_activation or None,
+            g_norm=config.g_norm,
             axis_name=sync_axis or axis_name,
         )
     else:
@@ -172,7 +175,7 @@ def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None
         g_optimizer=adam(config.g_lr, config, config.g_steps),
         d_optimizer=adam(config.d_lr, config, config.d_steps),
         loss=losses.get(config.loss),
-        schedule=Schedule(d_steps=config.d_steps, g_steps=config.g_steps),
+        schedule=Schedule(d_steps=config.d_steps, g_steps=config.g_steps, simultaneous=config.simultaneous),
         unroll_steps=config.unroll_steps,
         unroll_first_order=config.unroll_first_order,
         unroll_remat=config.unroll_remat,

@@ -420,9 +420,9 @@ class KeepBest(Observer):
                     self._latest[name] = (step, row[name])
         return []
 
-    def on_boundary(self, b: Boundary) -> dict[str, float]:
+    def on_boundary(self, b: Boundary) -> None:
         if self.keeper is None:
-            return {}
+            return
         values = {n: v for n, (step, v) in self._latest.items() if step == b.step}
         missing = [n for n in self.keeper.metrics if n not in values and n not in self._warned]
         if missing and b.checkpoint:
@@ -436,7 +436,6 @@ class KeepBest(Observer):
             record = {"step": b.step, "best": self.keeper.best,
                       "config": dataclasses.asdict(self._ctx.run.config)}
             self._ckpt.save(b.step, b.state, record)
-        return {}
 
     def on_end(self, step: int) -> None:
         if self._ckpt is not None:

@@ -48,7 +48,8 @@ class DiagConfig:
     fit_band: float = 0.1  # ... while both scores sit within 0.5 +- this (D cannot tell the samples apart)
     vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
     osc_std: float = 0.1  # non_convergence: a score's std over the long window at least this,
-    osc_crossings: int = 4  # crossing its mean at least this often, and not damping out
+    osc_crossings: int = 4  # crossing its mean at least this often, and not damping out; or
+    osc_swing: float = 0.05  # its round-to-round std within logged rows at least this over the window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,8 @@ class Config:
     g_hidden: tuple[int, ...] = (128, 128)  # MLP hidden widths, e.g. g_hidden=128,128
     d_hidden: tuple[int, ...] = (128, 128)
     activation: str = "tanh"  # relu | tanh | leaky_relu | elu
+    d_activation: str = ""  # D's own activation ("": activation), or maxout (5 pieces, PacGAN's D)
+    g_norm: str = "none"  # MLP G: none | batch (batch norm before each hidden activation, PacGAN's G)
     d_dropout: float = 0.0  # dropout rate in D's hidden layers (a remedy)
     pack: int = 1  # PacGAN: D judges this many samples concatenated (1: one at a time)
     d_mbstd: bool = False  # minibatch standard deviation as one more feature in D (Karras et al. 2018)
@@ -85,10 +88,12 @@ class Config:
     data_split: str = "train"  # TFDS split to train on, e.g. train or train+test
     download: bool = False  # TFDS: download and prepare a dataset that data_dir does not hold
     init_gain: float = 0.0  # > 0: orthogonal kernels with this gain (Metz et al.: 0.8); 0: LeCun normal
+    init_std: float = 0.0  # > 0 (and init_gain 0): N(0, init_std^2) kernels (PacGAN: 0.02)
     d_input_scale: float = 1.0  # D multiplies its input by this first (Metz et al.: 0.25)
     loss: str = "non_saturating"  # minimax | non_saturating | wasserstein | hinge | least_squares
     d_steps: int = 1  # D updates per round
     g_steps: int = 1  # G updates per round
+    simultaneous: bool = False  # both players update from the same state each round (for study, not training)
     unroll_steps: int = 0  # unrolled-GAN lookahead depth k (0: plain GAN)
     unroll_first_order: bool = False  # stop the gradient through the lookahead
     unroll_remat: bool = False  # jax.checkpoint the lookahead (less memory, more compute)
@@ -553,7 +558,7 @@ def _validate_diag(d: DiagConfig, need: Callable[[bool, str, str], None]) -> Non
         need(0.0 <= getattr(d, key) <= 1.0, f"diag.{key}", "is a fraction or a 0-to-1 score: choose a value in [0, 1]")
     for key in ("half_band", "acc_band", "fit_band"):
         need(0.0 <= getattr(d, key) <= 0.5, f"diag.{key}", "is a distance from 0.5: choose a value in [0, 0.5]")
-    for key in ("diversity_min", "vanish_ratio", "osc_std"):
+    for key in ("diversity_min", "vanish_ratio", "osc_std", "osc_swing"):
         need(getattr(d, key) >= 0.0, f"diag.{key}", "must be >= 0")
 
 
@@ -561,6 +566,7 @@ LOSS_NAMES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_square
 DATASETS = ("ring8", "grid25", "gaussian1d", "gaussian2d")
 PARALLEL_MODES = ("pmap", "sharding", "shard_map")
 MODELS = ("mlp", "dcgan")
+ACTIVATION_NAMES = ("relu", "tanh", "leaky_relu", "elu")
 # A TFDS dataset name: snake_case, optionally /config and :version (e.g. celeb_a, mnist:3.*.*).
 TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9*]+\.[0-9*]+\.[0-9*]+)?")
 D_NORMS = ("batch", "spectral", "none")
@@ -589,12 +595,19 @@ def validate(c: Config) -> Config:
         "or a TFDS image dataset such as mnist or cifar10",
     )
     need(c.model in MODELS, "model", f"choose one of {', '.join(MODELS)}")
+    need(c.activation in ACTIVATION_NAMES, "activation", f"choose one of {', '.join(ACTIVATION_NAMES)}")
+    need(c.d_activation in ("", "maxout", *ACTIVATION_NAMES), "d_activation",
+         f"choose one of {', '.join(ACTIVATION_NAMES)}, maxout, or leave it empty (the activation)")
+    need(c.g_norm in ("none", "batch"), "g_norm", "choose none or batch")
+    need(c.init_std >= 0.0, "init_std", "must be >= 0 (0: the default init), e.g. 0.02")
     need(c.d_norm in D_NORMS, "d_norm", f"choose one of {', '.join(D_NORMS)}")
     need(c.g_width >= 1, "g_width", "must be >= 1, e.g. 64")
     need(c.d_width >= 1, "d_width", "must be >= 1, e.g. 64")
     need(c.image_size >= 0, "image_size", "must be >= 0 (0: the dataset's own size), e.g. 32 or 64")
     need(c.d_steps >= 1, "d_steps", "each round needs at least one D update; use d_steps=1 or more")
     need(c.g_steps >= 1, "g_steps", "each round needs at least one G update; use g_steps=1 or more")
+    need(not c.simultaneous or (c.d_steps, c.g_steps) == (1, 1), "simultaneous",
+         "a simultaneous round makes one update of each player: set d_steps=1 g_steps=1")
     need(c.unroll_steps >= 0, "unroll_steps", "the lookahead depth must be >= 0 (0: plain GAN)")
     need(c.latent_dim >= 1, "latent_dim", "must be >= 1")
     need(c.batch_size >= 2, "batch_size", "must be >= 2 (the diversity statistic compares pairs)")

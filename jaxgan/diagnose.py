@@ -113,6 +113,7 @@ class Thresholds:
     vanish_ratio: float = 0.05
     osc_std: float = 0.1
     osc_crossings: int = 4
+    osc_swing: float = 0.05
 
     @classmethod
     def from_config(cls, config: Any) -> Thresholds:
@@ -514,7 +515,25 @@ def _crossings(values: np.ndarray, level: float) -> int:
 
 
 def detect_non_convergence(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
+    """A score swings without settling: round to round within the logged rows (its per-row std,
+    ``<score>_swing``, at least ``osc_swing`` over the window), or from row to row over the
+    long window (std at least ``osc_std``, crossing its mean ``osc_crossings`` times, the second
+    half swinging at least half as much as the first)."""
     best: Finding | None = None
+    for key in SCORE_KEYS:
+        sw = h.window(f"{key}_swing", t, th.window, th.score_warmup)
+        if sw is None:
+            continue
+        level = float(np.sqrt(np.sum(sw.weights * sw.values**2) / np.sum(sw.weights)))
+        need = th.osc_swing * (0.75 if active else 1.0)
+        ev = {"window": [sw.start, sw.end], "rows": sw.rows, "score": key, "swing": _r(level),
+              "osc_swing": th.osc_swing}
+        summary = (f"{key.replace('_', ' ')} swings by {level:.3f} (std) from round to round over steps "
+                   f"{sw.start}-{sw.end}")
+        finding = Finding(level >= need, ev, summary)
+        if finding.holds:
+            return finding
+        best = best or finding
     for key in SCORE_KEYS:
         w = h.window(key, t, th.long_window, th.score_warmup)
         if w is None or w.rows < 2 * th.osc_crossings:
@@ -534,7 +553,7 @@ def detect_non_convergence(h: History, t: int, th: Thresholds, active: bool, ctx
                    + (" and damping out" if settling else ""))
         finding = Finding(holds, ev, summary)
         if best is None or (finding.holds and not best.holds) or (
-            finding.holds == best.holds and std > best.evidence["std"]
+            finding.holds == best.holds and std > best.evidence.get("std", 0.0)
         ):
             best = finding
     return best

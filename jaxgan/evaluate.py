@@ -403,7 +403,7 @@ class EvalObserver(Observer):
         c = self.config
         return self.evaluator.n if step % c.eval.every == 0 or step == c.steps else -1
 
-    def on_boundary(self, b: Boundary) -> dict[str, float]:
+    def measure(self, b: Boundary) -> dict[str, float]:
         if self.evaluator is None or self.wants(b.step) < 0 or b.samples is None:
             return {}
         key = jax.random.fold_in(jax.random.key(self.config.seed), b.step)

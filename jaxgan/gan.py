@@ -98,12 +98,21 @@ class GANState:
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Alternating training: ``d_steps`` discriminator updates, then ``g_steps`` generator
-    updates, per round (Goodfellow et al. 2014, Algorithm 1 has d_steps=k, g_steps=1)."""
+    updates, per round (Goodfellow et al. 2014, Algorithm 1 has d_steps=k, g_steps=1).
+    ``simultaneous``: one update of each player per round, both from the round's starting state
+    (simultaneous gradient descent, which Mescheder et al. 2017 show can circle the equilibrium
+    where the alternating updates settle; for studying that, not for training)."""
 
     d_steps: int = 1
     g_steps: int = 1
+    simultaneous: bool = False
 
     def __post_init__(self):
+        if self.simultaneous and (self.d_steps, self.g_steps) != (1, 1):
+            raise ValueError(
+                f"a simultaneous schedule makes one update of each player per round; got d_steps={self.d_steps}, "
+                f"g_steps={self.g_steps}: set both to 1"
+            )
         for name in ("d_steps", "g_steps"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < 1:
@@ -626,8 +635,14 @@ class GAN:
         def g_body(s, _):
             return self._g_step(s, reals)
 
-        state, d_metrics = jax.lax.scan(d_body, state, jnp.arange(self.schedule.d_steps))
-        state, g_metrics = jax.lax.scan(g_body, state, None, length=self.schedule.g_steps)
+        if self.schedule.simultaneous:  # both players step from the round's starting state
+            d_state, d_metrics = d_body(state, 0)
+            g_state, g_metrics = self._g_step(state, reals)
+            state = g_state.replace(d=d_state.d)
+            d_metrics, g_metrics = jax.tree.map(lambda x: x[None], (d_metrics, g_metrics))
+        else:
+            state, d_metrics = jax.lax.scan(d_body, state, jnp.arange(self.schedule.d_steps))
+            state, g_metrics = jax.lax.scan(g_body, state, None, length=self.schedule.g_steps)
         metrics = {k: jnp.mean(v, axis=0) for k, v in {**d_metrics, **g_metrics}.items()}
         state = state.replace(step=state.step + 1)
         return state, metrics

@@ -57,6 +57,8 @@ from jaxgan.observers import (
     sample_key,
 )
 
+SWING_KEYS = ("generator_score", "discriminator_score")
+
 __all__ = ["NonFiniteError", "Observer", "Run", "RunResult", "default_observers", "train"]
 
 
@@ -113,11 +115,16 @@ class MetricWindow:
             self.values.setdefault(k, []).extend(np.asarray(v, np.float64).tolist())
 
     def mean(self) -> dict[str, float]:
+        """The row: each metric's mean over the window's finite values, and for the two scores
+        their round-to-round spread too (``<score>_swing``, the std of the per-round values: a
+        game that swings faster than rows are logged averages out in the means)."""
         out = {}
         for k, v in self.values.items():
             a = np.asarray(v, np.float64)
-            finite = np.isfinite(a)
-            out[k] = float(a[finite].mean()) if finite.any() else math.nan
+            a = a[np.isfinite(a)]
+            out[k] = float(a.mean()) if a.size else math.nan
+            if k in SWING_KEYS:
+                out[f"{k}_swing"] = float(a.std()) if a.size else math.nan
         return out
 
     def clear(self) -> None:
@@ -205,8 +212,8 @@ class _Rows:
         try:
             self.emit(self.guard.check(first, metrics))
         except NonFiniteError as err:
-            bad = {k: float(np.asarray(v)[err.event["step"] - first - 1]) for k, v in metrics.items()}
-            self.log(err.event["step"], bad, "train")
+            one = MetricWindow({k: [np.asarray(v)[err.event["step"] - first - 1]] for k, v in metrics.items()})
+            self.log(err.event["step"], one.mean(), "train")  # the round that failed, as a row of its own
             self.emit([err.event])
             raise
         self.window.add(metrics)
@@ -464,17 +471,20 @@ def train(
 
 def _boundary(step: int, state, plot: bool, ckpt_due: bool, final: bool, plan, run: Run, observers, sampler,
               ckpt: Checkpointer, rows: _Rows, guard: NonFiniteGuard, writer: Writer) -> None:
-    """One unreplicated copy of the state and one set of samples for every observer; their
-    measurements are logged as ``eval`` rows; then the checkpoint (from the same copy)."""
+    """One unreplicated copy of the state and one set of samples for every observer: their
+    measurements first (logged as ``eval`` rows), then their actions, then the checkpoint
+    (from the same copy)."""
     writer.check()
     host = plan.unplace(state)
     n = max((o.wants(step) for o in observers), default=-1)
     samples = sampler(host, sample_key(run.config.seed, step), n) if n > 0 else None
     boundary = Boundary(step, host, samples, plot, ckpt_due, final)
     for obs in observers:
-        measured = obs.on_boundary(boundary)
+        measured = obs.measure(boundary)
         if measured:
             rows.log(step, measured, "eval")
+    for obs in observers:
+        obs.on_boundary(boundary)
     if ckpt_due:  # the unreplicated state resumes on any number of devices
         source = run.source
         scalars = {k: v if math.isfinite(v) else None for k, v in rows.last.items()}

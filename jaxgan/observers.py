@@ -9,9 +9,10 @@ The loop (:mod:`jaxgan.loop`) runs chunks of rounds and, around them, calls ever
   quality measured after each chunk on toy data (``quality.jsonl``), ``"eval"`` rows the periodic
   evaluation (``eval.jsonl``). It returns events (``{"step", "kind", "evidence", "remedies",
   "message"}``), which the loop writes to ``events.jsonl`` and hands to ``on_event``.
-* ``on_boundary(boundary)`` at plot and checkpoint steps, and at the steps some observer
-  ``wants``: the boundary carries one unreplicated copy of the state and the samples drawn once
-  for every observer (as many as the most any observer asked for).
+* ``measure(boundary)`` then ``on_boundary(boundary)`` at plot and checkpoint steps, and at the
+  steps some observer ``wants``: the boundary carries one unreplicated copy of the state and the
+  samples drawn once for every observer (as many as the most any observer asked for); what
+  ``measure`` returns is logged as an ``"eval"`` row before any ``on_boundary`` runs.
 * ``should_stop()``, ``postfix()`` (progress bar) and ``on_end(step)``.
 
 Files are drawn and written from host copies by one background :class:`Writer`, so the progress
@@ -85,9 +86,13 @@ class Observer:
     def on_event(self, event: Event) -> None:
         """An event some observer (or the non-finite guard) raised, as written to events.jsonl."""
 
-    def on_boundary(self, boundary: Boundary) -> Row:
-        """Scalars measured here (logged as an ``"eval"`` row), or {}."""
+    def measure(self, boundary: Boundary) -> Row:
+        """Scalars measured on the boundary's state or samples (logged as an ``"eval"`` row and
+        handed to every observer before any :meth:`on_boundary`), or {}."""
         return {}
+
+    def on_boundary(self, boundary: Boundary) -> None:
+        """Act on the boundary (pictures, the best checkpoint), after every measurement is logged."""
 
     def should_stop(self) -> str | None:
         return None
@@ -239,9 +244,9 @@ class Plots(Observer):
     def on_event(self, event: Event) -> None:
         self.events.append(event)
 
-    def on_boundary(self, b: Boundary) -> Row:
+    def on_boundary(self, b: Boundary) -> None:
         if not (b.plot or b.final) or b.samples is None:
-            return {}
+            return
         run, out = self._ctx.run, self._ctx.out
         mixture = run.mixture
         num_modes = len(mixture.centers) if mixture is not None else None
@@ -258,7 +263,6 @@ class Plots(Observer):
         elif len(shape) == 3:
             self._ctx.writer.submit(f"samples_{b.step:06d}.png",
                                     functools.partial(viz.image_grid, title=f"step {b.step}"), samples[:64], path)
-        return {}
 
 
 def _curves(out: str, rows, quality, events, diversity_min, num_modes) -> None:

@@ -112,11 +112,9 @@ class TensorBoardObserver(Observer):
     def on_event(self, event: dict[str, Any]) -> None:
         self.writer.add_text("events", event_text(event), int(event["step"]))
 
-    def on_boundary(self, b: Boundary) -> dict[str, float]:
-        if not (b.plot or b.final) or b.samples is None:
-            return {}
-        self._ctx.writer.submit("the TensorBoard samples", self._picture, b.samples[: self._n], b.step)
-        return {}
+    def on_boundary(self, b: Boundary) -> None:
+        if (b.plot or b.final) and b.samples is not None:
+            self._ctx.writer.submit("the TensorBoard samples", self._picture, b.samples[: self._n], b.step)
 
     def _picture(self, samples: np.ndarray, step: int) -> None:
         from jaxgan import viz

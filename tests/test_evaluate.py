@@ -97,13 +97,14 @@ def test_sampling_uses_the_ema_generator_when_the_run_keeps_one():
 
 
 def test_periodic_evaluation_during_training_and_keep_best_by_it(tmp_path):
-    """eval_every runs with the default observers, logs, plots, and a checkpoint is kept as the
-    best by an evaluation metric (here through diag_best_metric)."""
-    from jaxgan import diagnose
+    """eval.every runs with the default observers, logs to eval.jsonl (not metrics.jsonl: one
+    schema per file), plots, and keep_best=fd_data keeps the checkpoint with the lowest fd_data
+    in <run>/best (its direction, min, known from the metric's name)."""
+    from jaxgan.checkpoint import BEST_DIR, BEST_FILE
 
     config = configs.apply_overrides(configs.ring8(), {
-        "steps": 100, "batch_size": 64, "log_every": 25, "plot_every": 100, "ckpt_every": 100, "eval_every": 25,
-        "eval_samples": 300, "diag_best_metric": "fd_data", "diag_best_mode": "min", "tensorboard": False,
+        "steps": 100, "batch_size": 64, "log_every": 25, "plot_every": 100, "ckpt_every": 100, "eval.every": 25,
+        "eval.samples": 300, "keep_best": "fd_data", "tensorboard": False,
         "latent_dim": 8, "g_hidden": (32,), "d_hidden": (32,)})
     out = str(tmp_path / "run")
     loop.train(config, out, progress=False, echo=lambda m: None)  # default observers
@@ -112,61 +113,36 @@ def test_periodic_evaluation_during_training_and_keep_best_by_it(tmp_path):
     assert all(r["n"] == 300 and 0 <= r["modes"] <= 8 and "fd_data" in r for r in rows)
     assert os.path.isfile(os.path.join(out, evaluate.EVAL_PLOT))
     logged = rundir.read_jsonl(os.path.join(out, rundir.METRICS))
-    with_eval = [r for r in logged if "fd_data" in r]
-    assert [r["step"] for r in with_eval] == [25, 50, 75, 100]
-    assert with_eval[-1]["modes"] == rows[-1]["modes"]
-    with open(os.path.join(out, diagnose.BEST_FILE), encoding="utf-8") as f:
+    assert [r["step"] for r in logged] == [25, 50, 75, 100] and not any("fd_data" in r for r in logged)
+    with open(os.path.join(out, BEST_FILE), encoding="utf-8") as f:
         best = json.load(f)
     best_row = min(rows, key=lambda r: r["fd_data"])
-    assert best["step"] == best_row["step"]
+    assert best["step"] == best_row["step"] and best["modes"] == {"fd_data": "min"}
     assert best["metrics"]["fd_data"] == pytest.approx(best_row["fd_data"])
-    assert os.path.isdir(os.path.join(out, diagnose.BEST_DIR, str(best_row["step"])))
-
-
-@pytest.mark.slow
-def test_checkpoint_manager_keeps_the_best_by_an_evaluation_metric(tmp_path):
-    """keep_best_metric=fd_data: every checkpoint step is evaluated (here twice as often as
-    eval_every asks), and the checkpoint manager keeps the last one and the one with the lowest
-    fd_data in eval.jsonl."""
-    if "keep_best_metric" not in configs.Config.__dataclass_fields__:
-        pytest.skip("needs the checkpoint manager's keep_best_metric (checkpoint work, issue 5)")
-    from jaxgan.checkpoint import Checkpointer
-
-    out = str(tmp_path / "run")
-    config = configs.apply_overrides(configs.ring8(), {
-        "steps": 100, "batch_size": 64, "log_every": 25, "plot_every": 100, "ckpt_every": 25, "eval_every": 50,
-        "eval_samples": 300, "keep_checkpoints": 1, "keep_best_metric": "fd_data", "keep_best_mode": "min",
-        "tensorboard": False, "diag": "off", "latent_dim": 8, "g_hidden": (32,), "d_hidden": (32,)})
-    lines = []
-    loop.train(config, out, progress=False, echo=lines.append)
-    rows = rundir.read_jsonl(os.path.join(out, evaluate.EVAL_LOG))
-    assert [r["step"] for r in rows] == [25, 50, 75, 100]
-    best = min(rows, key=lambda r: r["fd_data"])["step"]
-    with Checkpointer(os.path.join(out, rundir.CHECKPOINTS), read_only=True, best_metric="fd_data",
-                      best_mode="min") as ckpt:
-        assert ckpt.all_steps() == sorted({best, 100})
-        assert ckpt.best_step() == best
-    assert not [line for line in lines if "warning" in line], lines
-    with pytest.raises(configs.ConfigError, match="fd_data is better when smaller: set keep_best_mode=min"):
-        configs.apply_overrides(config, {"keep_best_mode": "max"})
+    assert os.path.isdir(os.path.join(out, BEST_DIR, str(best_row["step"])))
 
 
 def test_config_checks_eval_settings():
-    with pytest.raises(configs.ConfigError, match=r"eval_every.*multiple of log_every=100"):
-        configs.apply_overrides(configs.ring8(), {"eval_every": 150})
-    with pytest.raises(configs.ConfigError, match="eval_samples"):
-        configs.apply_overrides(configs.ring8(), {"eval_every": 100, "eval_samples": 3})
+    with pytest.raises(configs.ConfigError, match=r"eval\.every.*multiple of log_every=100"):
+        configs.apply_overrides(configs.ring8(), {"eval.every": 150})
+    with pytest.raises(configs.ConfigError, match="eval.samples"):
+        configs.apply_overrides(configs.ring8(), {"eval.every": 100, "eval.samples": 3})
     assert evaluate.better("fid_classifier") == "min" and evaluate.better("modes") == "max"
     assert evaluate.better("mode_kl") == "min" and evaluate.better("recall_inception") == "max"
     assert evaluate.better("high_quality_frac") == "max" and evaluate.better("mode_kl_real") == "min"
     with pytest.raises(ValueError, match="no direction"):
         evaluate.better("d_loss")
-    # keep-best by an evaluation metric: the mode must prefer its best end, and evaluation must be on
-    with pytest.raises(configs.ConfigError, match="fid_classifier is better when smaller: set diag_best_mode=min"):
-        configs.apply_overrides(configs.ring8(), {"eval_every": 100, "diag_best_metric": "fid_classifier"})
-    with pytest.raises(configs.ConfigError, match=r"fd_data comes from periodic evaluation: set eval_every"):
-        configs.apply_overrides(configs.ring8(), {"diag_best_metric": "fd_data", "diag_best_mode": "min"})
-    configs.apply_overrides(configs.ring8(), {"diag_best_metric": "modes_captured,high_quality_frac"})  # diagnose's
+    # keep-best by an evaluation metric: a stated direction must be its best end, and evaluation must be on
+    with pytest.raises(configs.ConfigError, match="fid_classifier is better when smaller: write fid_classifier:min"):
+        configs.apply_overrides(configs.ring8(), {"eval.every": 100, "keep_best": "fid_classifier:max"})
+    with pytest.raises(configs.ConfigError, match=r"fd_data comes from periodic evaluation: set eval.every"):
+        configs.apply_overrides(configs.ring8(), {"keep_best": "fd_data"})
+    with pytest.raises(configs.ConfigError, match="d_loss has no known best end: write d_loss:max or d_loss:min"):
+        configs.apply_overrides(configs.ring8(), {"keep_best": "d_loss"})
+    configs.apply_overrides(configs.ring8(), {"keep_best": "modes_captured,high_quality_frac"})  # the probe's
+    # The keys of the two keep-bests this one replaced name it.
+    with pytest.raises(configs.ConfigError, match="keep_best=METRIC"):
+        configs.parse_overrides(["diag_best_metric=fd_data"])
 
 
 @pytest.mark.slow

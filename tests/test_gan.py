@@ -321,3 +321,38 @@ def test_sample_refuses_a_state_of_another_generator_and_a_bad_count(key):
         with pytest.raises(ValueError, match=f"^sample: n={n!r}: ask for a Python int n >= 1"):
             gan.sample(state, key, n)
     assert gan.sample(state, key, 3).shape == (3, 2)
+
+
+@pytest.mark.parametrize("loss, slope", [
+    ("minimax", lambda p: p),               # d/dl log(1 - sigmoid(l)) = -sigmoid(l)
+    ("non_saturating", lambda p: 1.0 - p),  # d/dl -log sigmoid(l) = -(1 - sigmoid(l))
+    ("wasserstein", lambda p: 1.0),          # d/dl -l
+])
+def test_g_signal_is_the_slope_of_the_generator_loss_at_d(loss, slope, key):
+    """A constant critic (logit c for every input): the slope of G's loss per fake has a closed
+    form; the saturating loss's vanishes with D(G(z)) = sigmoid(c)."""
+    c = -3.0
+    const = jg.nets.from_functions(lambda k, x: {"c": jnp.asarray(c)}, lambda p, x: jnp.full((x.shape[0],), p["c"]))
+    gan = jg.GAN(generator=mlp_gan().generator, discriminator=const, g_optimizer=optax.adam(1e-3),
+                 d_optimizer=optax.adam(1e-3), loss=jg.losses.get(loss))
+    x = batch(key)
+    state = gan.init(jax.random.key(1), x)
+    _, m = jax.jit(gan.g_step)(state, x)
+    np.testing.assert_allclose(float(m["g_signal"]), slope(1.0 / (1.0 + np.exp(-c))), rtol=1e-5)
+
+
+def test_a_simultaneous_round_updates_both_players_from_the_same_state(key):
+    gan = mlp_gan(schedule=jg.Schedule(simultaneous=True))
+    x = batch(key)
+    state = gan.init(jax.random.key(1), x)
+    got, metrics = jax.jit(gan.train_step)(state, x)
+    d_only, _ = jax.jit(gan.d_step)(state, x)
+    g_only, _ = jax.jit(gan.g_step)(state, x)  # G against the round's starting D, not the updated one
+    for a, b in ((got.d, d_only.d), (got.g, g_only.g)):
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-7)
+    assert int(got.step) == 1
+    alternating, _ = jax.jit(mlp_gan().train_step)(state, x)
+    assert not trees_equal(got.g.params, alternating.g.params)
+    with pytest.raises(ValueError, match="set both to 1"):
+        jg.Schedule(d_steps=2, simultaneous=True)

@@ -240,7 +240,6 @@ class _StopAt(loop.Observer):
 
     def on_boundary(self, boundary):
         self.now = boundary.step
-        return {}
 
     def should_stop(self):
         return "test stop" if self.now >= self.step else None
