@@ -150,14 +150,14 @@ class Config:
         for key, value in data.items():
             values[key] = value
         known = set(_flat_fields())
+        unknown = sorted(k for k in values if LEGACY_KEYS.get(k, k) is not None and LEGACY_KEYS.get(k, k) not in known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown} in saved config; valid keys: {sorted(known)}")
         resolved: dict[str, Any] = {}
         for key, value in values.items():
             name = LEGACY_KEYS.get(key, key)
-            if name is None:  # dropped: replaced by keep_best (see _legacy_best)
-                continue
-            if name not in known:
-                raise ConfigError(f"unknown config key {key!r} in saved config; valid keys: {sorted(known)}")
-            resolved[name] = _coerce(name, value)
+            if name is not None:  # None: replaced by keep_best (see _legacy_best)
+                resolved[name] = _coerce(name, value)
         best = _legacy_best(values)
         if best is not None and "keep_best" not in values:
             resolved["keep_best"] = best

@@ -168,7 +168,10 @@ def test_range_warning_prints_one_line_and_training_goes_on(tmp_path, capsys):
     (["--set", "loss=wgan"], "loss='wgan': unknown loss; choose one of minimax, non_saturating, wasserstein, "
                              "hinge, least_squares"),
     (["--set", "nan_policy=ignore"], "nan_policy='ignore': choose stop or skip"),
-    (["--set", "keep_best_mode=median"], "keep_best_mode='median': choose min or max"),
+    (["--set", "keep_best=d_loss:median"], "keep_best='d_loss:median': d_loss:median: the direction after ':' is"),
+    (["--set", "keep_best_mode=min"], "keep_best_mode is gone: one keep-best now serves both uses; set keep_best="),
+    (["--set", "diag.window=0"], "diag.window=0: must be >= 1"),
+    (["--set", "diag.nope=1"], "unknown config key 'diag.nope'"),
     (["--steps", "0"], "steps=0: must be >= 1"),
 ])
 def test_bad_config(tmp_path, capsys, argv, expected):
