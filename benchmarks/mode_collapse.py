@@ -1,7 +1,9 @@
-"""Mode collapse on the 2-D mixtures: plain GAN vs unrolled GAN (k = 1, 5, 10) vs WGAN-GP.
+"""Mode collapse on the 2-D mixtures: plain GAN, unrolled GAN, packing, WGAN-GP, and our presets.
 
-For each preset (``metz-ring8``, ``metz-grid25``: Metz et al. 2016's 2-D setup on the ring and
-the grid, see ``jaxgan/configs.py``) and each variant,
+For each preset (``metz-ring8``, ``metz-grid25``: Metz et al. 2016's 2-D setup; ``pacgan-ring8``,
+``pacgan-grid25``: PacGAN's networks and settings; ``ring8``, ``grid25``: ours; see
+``jaxgan/configs.py``) and each variant (``preset``: as it is; ``gan``: unpacked, not unrolled;
+``unrolled-k``; ``pack-m``, with PacGAN's batch of B packs; ``wgan-gp``),
 trains ``--seeds`` GANs at once (the seeds are ``vmap``-ed in one compiled program: the GAN
 state is a pytree and ``jaxgan.runner.train_chunk`` draws the data on device), then evaluates
 2,500 samples per seed with the VEEGAN/PacGAN protocol (``jaxgan.metrics.coverage``): modes
@@ -36,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgan import bench, configs, loop, viz
+from jaxgan import bench, configs, cpu, loop, viz
 from jaxgan.metrics import coverage
 from jaxgan.runner import train_chunk
 
@@ -47,11 +49,17 @@ N_EVAL = 2500  # VEEGAN Table 1 / PacGAN: 2,500 samples per trained model
 WGAN_GP = {"loss": "wasserstein", "gp": 0.1, "d_steps": 5, "g_lr": 1e-4, "d_lr": 1e-4, "b1": 0.5, "b2": 0.9}
 
 VARIANTS: dict[str, dict] = {
-    "gan": {},
+    "preset": {},  # the preset as it is (our ring8/grid25 presets, or a published setup's own)
+    "gan": {"pack": 1, "unroll_steps": 0},  # the plain GAN of the setup
     "unrolled-1": {"unroll_steps": 1},
     "unrolled-5": {"unroll_steps": 5},
     "unrolled-10": {"unroll_steps": 10},
+    # PacGAN's convention: a batch of B packs, so D sees as many inputs as unpacked and G makes m x B.
+    "pack-2": lambda c: {"pack": 2, "batch_size": 2 * c.batch_size},
+    "pack-3": lambda c: {"pack": 3, "batch_size": 3 * c.batch_size},
+    "pack-4": lambda c: {"pack": 4, "batch_size": 4 * c.batch_size},
     "wgan-gp": WGAN_GP,
+    "wgan-gp-10": {**WGAN_GP, "gp": 10.0},  # the penalty weight of Gulrajani et al.'s image experiments
 }
 
 
@@ -124,8 +132,9 @@ def run_variant(config: configs.Config, seeds: int, eval_every: int, frames: int
 
 
 def key_config(c: configs.Config) -> dict:
-    keys = ("dataset", "latent_dim", "g_hidden", "d_hidden", "activation", "init_gain", "d_input_scale", "loss",
-            "d_steps", "unroll_steps", "g_lr", "d_lr", "b1", "b2", "gp", "batch_size", "steps")
+    keys = ("dataset", "latent_dim", "g_hidden", "d_hidden", "activation", "d_activation", "g_norm", "init_gain",
+            "init_std", "d_input_scale", "loss", "d_steps", "unroll_steps", "pack", "d_mbstd", "g_lr", "d_lr", "b1",
+            "b2", "lr_decay", "ema_decay", "gp", "batch_size", "steps")
     return {k: getattr(c, k) for k in keys}
 
 
@@ -148,7 +157,8 @@ def table(path: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["metz-ring8", "metz-grid25"], help="presets to run")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["gan", "unrolled-5", "unrolled-10", "pack-2", "pack-4", "wgan-gp"],
+                   choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=None, help="rounds per run (default: the preset's)")
     p.add_argument("--eval-every", type=int, default=None, help="rounds between coverage evaluations")
@@ -164,10 +174,13 @@ def main(argv=None) -> int:
         return 0
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
+    cpu.tune(warn=False)
     extra = configs.parse_overrides(args.set)
     for name_preset in args.presets:
         for name in args.variants:
-            config = configs.apply_overrides(configs.preset(name_preset), {**VARIANTS[name], **extra})
+            base = configs.preset(name_preset)
+            variant = VARIANTS[name](base) if callable(VARIANTS[name]) else VARIANTS[name]
+            config = configs.apply_overrides(base, {**variant, **extra})
             if args.steps is not None:
                 config = dataclasses.replace(config, steps=args.steps)
             every = args.eval_every or max(1, config.steps // 10)

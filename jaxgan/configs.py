@@ -43,7 +43,7 @@ class DiagConfig:
     edge: float = 0.6  # ... after D's score had reached this (D had an edge, then lost it)
     diversity_min: float = 0.5  # mode_collapse: diversity (fake/real spread) at most this, or
     modes_min: float = 0.5  # (toy) effective modes at most this fraction of the data's modes
-    quality_min: float = 0.05  # (toy) mode counts judged only when this fraction of samples sits on a mode
+    quality_min: float = 0.2  # (toy) mode counts judged only when this fraction of samples sits on a mode
     fit_min: float = 0.5  # poor_fit: high-quality fraction (toy) or precision (images) below this ...
     fit_band: float = 0.1  # ... while both scores sit within 0.5 +- this (D cannot tell the samples apart)
     vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
@@ -263,6 +263,37 @@ def metz_grid25() -> Config:
     return Config(preset="metz-grid25", dataset="grid25", **METZ_2D)
 
 
+# PacGAN's 2-D experiments (Lin et al. 2018), read from the authors' code (fjxmlzn/PacGAN,
+# synthetic_data_experiments/2DRing_GAN&PacGAN and 2DGrid_GAN&PacGAN: config.py, pacgan_task.py):
+# G maps z ~ N(0, I_2) through four 400-unit layers, each linear without bias, batch norm and ReLU,
+# to a linear output; D has three maxout layers of 200 units and 5 pieces and a linear logit
+# (packing concatenates the m inputs); weights N(0, 0.02^2), biases 0; the non-saturating loss;
+# one Adam(1e-4, beta1 = 0.8) for both players, which update together on each batch of 100 (here
+# alternating, D first); 400 epochs of 1,000 batches. Their ring has radius 1 and std 0.01 (the
+# ring8 data has radius 2 and std 0.02: D's input is scaled by 1/2 to see theirs); their grid is
+# the grid25 data. Their data is a fixed set of 100,000 points; here every batch is fresh.
+PACGAN_2D: dict[str, Any] = {
+    "latent_dim": 2, "g_hidden": (400, 400, 400, 400), "g_norm": "batch", "activation": "relu",
+    "d_hidden": (200, 200, 200), "d_activation": "maxout", "init_std": 0.02, "loss": "non_saturating",
+    "g_lr": 1e-4, "d_lr": 1e-4, "b1": 0.8, "batch_size": 100, "steps": 400_000, "log_every": 500,
+    "plot_every": 20_000, "ckpt_every": 20_000,
+}
+
+
+def pacgan_ring8() -> Config:
+    """Ring of 8 with PacGAN's networks and settings (``PACGAN_2D``); ``--set pack=2`` is PacGAN2.
+
+    Run: ``jaxgan train --preset pacgan-ring8 --set pack=2 --steps 20000`` (the full 400,000
+    rounds are hours on a CPU). Results: benchmarks/README.md.
+    """
+    return Config(preset="pacgan-ring8", dataset="ring8", d_input_scale=0.5, **PACGAN_2D)
+
+
+def pacgan_grid25() -> Config:
+    """5x5 grid with PacGAN's networks and settings (``PACGAN_2D``); ``--set pack=4`` is PacGAN4."""
+    return Config(preset="pacgan-grid25", dataset="grid25", **PACGAN_2D)
+
+
 def gaussian1d() -> Config:
     """One 1-D Gaussian N(1, 0.5^2): the smallest problem on which a GAN must move G's moments.
 
@@ -327,6 +358,8 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "dcgan64": dcgan64,
     "metz-ring8": metz_ring8,
     "metz-grid25": metz_grid25,
+    "pacgan-ring8": pacgan_ring8,
+    "pacgan-grid25": pacgan_grid25,
 }
 
 

@@ -80,8 +80,8 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "vanishing_gradients": ("discriminator_dominates", "mode_collapse", "poor_fit"),
     "discriminator_dominates": ("mode_collapse", "poor_fit"),
     "generator_dominates": ("mode_collapse", "poor_fit"),
-    "non_convergence": ("mode_collapse", "poor_fit"),
-    "mode_collapse": ("poor_fit",),
+    "mode_collapse": ("non_convergence", "poor_fit"),  # a blob hopping between modes swings the scores
+    "non_convergence": ("poor_fit",),
 }
 SAMPLE_KINDS = ("mode_collapse", "poor_fit")  # judged on G's samples; need D without a clear edge
 HYSTERESIS = 0.05  # how far back across a score threshold a value must go to count as recovered
@@ -107,7 +107,7 @@ class Thresholds:
     edge: float = 0.6
     diversity_min: float = 0.5
     modes_min: float = 0.5
-    quality_min: float = 0.05
+    quality_min: float = 0.2
     fit_min: float = 0.5
     fit_band: float = 0.1
     vanish_ratio: float = 0.05
@@ -435,6 +435,8 @@ def detect_vanishing_gradients(h: History, t: int, th: Thresholds, active: bool,
 def _measured(h: History, key: str, t: int, th: Thresholds) -> Window | None:
     """Sample measurements over the window, or, when none falls inside it (measured less often
     than the window, e.g. periodic evaluation), the latest one of the last ``long_window`` rounds."""
+    if t - th.window < th.warmup:
+        return None
     w = h.window(key, t, th.window, th.warmup)
     if w is not None:
         return w
