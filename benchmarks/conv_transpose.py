@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import cpu
-from jaxgan.nets import ConvTranspose, onednn
+from jaxgan.cpu import onednn
+from jaxgan.nets import ConvTranspose
 
 
 def _time(fn, *args) -> float:

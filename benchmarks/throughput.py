@@ -46,7 +46,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from jaxgan import bench, configs, cpu, keys, loop, runner
-from jaxgan.nets import onednn
+from jaxgan.cpu import onednn
 from jaxgan.runner import round_batches
 
 PRESETS = {

@@ -19,8 +19,8 @@ import numpy as np
 
 from jaxgan import runner
 from jaxgan.configs import Config
+from jaxgan.cpu import onednn
 from jaxgan.data.host import HostSource
-from jaxgan.nets import onednn
 
 
 def machine() -> dict[str, Any]:

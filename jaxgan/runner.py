@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgan import cpu
+from jaxgan.cpu import onednn
 from jaxgan.gan import GAN, GANState
-from jaxgan.nets import onednn
 
 Array = jax.Array
 _DATA = 100  # fold_in tag of the data stream, apart from the GAN's own streams

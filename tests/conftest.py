@@ -40,7 +40,7 @@ def _restore_cpu_switches():
     random draws and the oneDNN convolutions for the rest of the process: put both back after each
     test, so no test's numbers depend on which tests its worker ran before."""
     from jaxgan import cpu
-    from jaxgan.nets import onednn
+    from jaxgan.cpu import onednn
 
     native, conv = cpu.native_random(), onednn.enabled()
     yield
@@ -68,7 +68,7 @@ def digits_dir(tmp_path_factory):
 def require_onednn():
     """Skip when oneDNN is not installed (the ``onednn`` extra); fail when it is but the
     convolutions cannot be built or loaded (a broken install should not pass as a skip)."""
-    from jaxgan.nets import onednn
+    from jaxgan.cpu import onednn
 
     try:
         onednn._root()
@@ -80,7 +80,7 @@ def require_onednn():
 @contextlib.contextmanager
 def onednn_on():
     """oneDNN convolutions for what is traced inside (skips as :func:`require_onednn` does)."""
-    from jaxgan.nets import onednn
+    from jaxgan.cpu import onednn
 
     require_onednn()
     onednn.enable(True)
@@ -92,6 +92,6 @@ def onednn_on():
 
 @pytest.fixture(params=["xla", "onednn"])
 def conv_backend(request):
-    """Run a convolution test with XLA's kernels and with oneDNN's (jaxgan.nets.onednn)."""
+    """Run a convolution test with XLA's kernels and with oneDNN's (jaxgan.cpu.onednn)."""
     with onednn_on() if request.param == "onednn" else contextlib.nullcontext():
         yield request.param

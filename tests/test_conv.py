@@ -1,4 +1,4 @@
-"""jaxgan.nets.conv: strided convolution with canonical gradients, against lax (values,
+"""jaxgan.cpu.conv: strided convolution with canonical gradients, against lax (values,
 gradients of first and second order; with XLA's kernels and with oneDNN's), and as flax
 nn.Conv's convolution function."""
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan.nets import conv as conv_lib
+from jaxgan.cpu import conv as conv_lib
 
 DN = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgan.cpu.conv import SUBPIXEL_MIN_CHANNELS
+from jaxgan.cpu.conv_transpose import conv_transpose
 from jaxgan.nets import ConvTranspose
-from jaxgan.nets.conv import SUBPIXEL_MIN_CHANNELS
-from jaxgan.nets.conv_transpose import conv_transpose
 
 # (input spatial shape, kernel, strides, padding, kernel_dilation, transpose_kernel)
 CASES = [
@@ -119,7 +119,7 @@ def _conv_kinds(fn, *args) -> dict[str, int]:
 def test_forward_and_gradients_are_stride_1_convolutions(features):
     """flax's layer is an input-dilated convolution and its kernel gradient a second one (the
     slow path); ours computes the layer and both gradients, to second order, as stride-1
-    convolutions without any dilation (the space-to-depth form in jaxgan.nets.conv)."""
+    convolutions without any dilation (the space-to-depth form in jaxgan.cpu.conv)."""
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
     k = jax.random.normal(jax.random.key(0), (4, 4, 3, features))
 

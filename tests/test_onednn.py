@@ -1,4 +1,4 @@
-"""jaxgan.nets.onednn: oneDNN's convolution primitives behind jaxgan.nets.conv on the CPU.
+"""jaxgan.cpu.onednn: oneDNN's convolution primitives behind jaxgan.cpu.conv on the CPU.
 
 Values against XLA's own convolutions over the geometries DCGAN and other models use, the
 platform split (a program lowered for a GPU or TPU keeps XLA's convolution), what is not sent to
@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan.nets import conv as conv_lib
-from jaxgan.nets import onednn
+from jaxgan.cpu import conv as conv_lib
+from jaxgan.cpu import onednn
 from tests.conftest import onednn_on, require_onednn
 
 

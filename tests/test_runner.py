@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxgan import cpu, runner
-from jaxgan.nets import onednn
+from jaxgan.cpu import onednn
 from jaxgan.runner import round_batches, train_chunk, train_chunk_fed
 from tests.conftest import require_onednn
 from tests.helpers import host_leaves, tiny_run

@@ -32,10 +32,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgan.nets import conv as conv_lib
+from jaxgan.cpu import conv as conv_lib
+from jaxgan.cpu.batch_norm import BatchNorm
+from jaxgan.cpu.conv_transpose import ConvTranspose
 from jaxgan.nets.adapters import Network, from_linen
-from jaxgan.nets.batch_norm import BatchNorm
-from jaxgan.nets.conv_transpose import ConvTranspose
 from jaxgan.nets.mbstd import MinibatchStd
 
 Array = jax.Array
@@ -104,7 +104,7 @@ class DCGANDiscriminator(nn.Module):
     norm: str = "batch"
     dropout: float = 0.0
     axis_name: str | None = None
-    fast_conv: bool = True  # convolutions with canonical gradients (jaxgan.nets.conv)
+    fast_conv: bool = True  # convolutions with canonical gradients (jaxgan.cpu.conv)
     mbstd: bool = False  # minibatch standard deviation as one more channel before the last layer
 
     @nn.compact

@@ -5,7 +5,7 @@ they reach 150-195 GFLOP/s on DCGAN's strided layers, where oneDNN (Intel's libr
 PyTorch uses on CPU) reaches 215-240 (``benchmarks/README.md``). This module compiles a small C++
 file (``csrc/onednn_conv.cc``: three XLA FFI handlers, forward / input gradient / kernel gradient)
 against an installed oneDNN on first use, registers the handlers for the ``cpu`` platform, and
-offers the three products to :mod:`jaxgan.nets.conv`, which uses them when :func:`enable` has
+offers the three products to :mod:`jaxgan.cpu.conv`, which uses them when :func:`enable` has
 been called (``jaxgan.cpu.tune`` does, if oneDNN is available) and the convolution is 2-D,
 float32, with non-negative padding. Each call goes through ``lax.platform_dependent``, so a
 program compiled for a GPU or TPU keeps XLA's own convolution; values agree with XLA's to float
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxgan import native
+from jaxgan.cpu import native
 
 Array = jax.Array
 

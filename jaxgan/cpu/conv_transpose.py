@@ -14,9 +14,9 @@ A transposed convolution is exactly the input-gradient (the adjoint) of a stride
 * ``dL/dK``: since ``<g, C^T x> = <C g, x>``, it is the *weight*-gradient of that strided
   convolution at input ``g`` and output-cotangent ``x``, which XLA computes on its fast path.
 
-:func:`conv_transpose` is :func:`jaxgan.nets.conv.conv_input_grad`, whose ``custom_vjp``
+:func:`conv_transpose` is :func:`jaxgan.cpu.conv.conv_input_grad`, whose ``custom_vjp``
 computes both gradients that way, every convolution emitted in the canonical layout XLA's CPU
-backend needs for its fast path even inside a ``lax.scan`` (see :mod:`jaxgan.nets.conv`). Strided,
+backend needs for its fast path even inside a ``lax.scan`` (see :mod:`jaxgan.cpu.conv`). Strided,
 the forward pass itself is not ``lax.conv_transpose``'s convolution of the stride-dilated input
 (s**2 multiply-adds per useful one for s x s strides) but stride-1 convolutions, one per output
 phase (sub-pixel convolution; Shi et al. 2016, "Real-time single image and video
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen.dtypes import promote_dtype
 
-from jaxgan.nets.conv import conv_input_grad
+from jaxgan.cpu.conv import conv_input_grad
 
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]

@@ -17,9 +17,9 @@ With ``C`` the strided convolution ``z = C_W(u)``:
   as stride-1 convolutions over the space-to-depth form, without the zeros lax inserts)
 * :func:`conv_weight_grad` ``(u, g) -> d<g, C_W(u)>/dW``
 
-On the CPU, after :func:`jaxgan.nets.onednn.enable` (``jaxgan.cpu.tune`` calls it when oneDNN is
+On the CPU, after :func:`jaxgan.cpu.onednn.enable` (``jaxgan.cpu.tune`` calls it when oneDNN is
 installed), the three run as oneDNN's convolution primitives for 2-D float32 inputs
-(:mod:`jaxgan.nets.onednn`); programs compiled for other platforms keep the forms above.
+(:mod:`jaxgan.cpu.onednn`); programs compiled for other platforms keep the forms above.
 
 Each is linear in each argument and the derivatives of each are the others, so every
 ``custom_vjp`` below is closed under differentiation: gradients of any order (gradient penalties,
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxgan.nets import onednn
+from jaxgan.cpu import onednn
 
 Array = jax.Array
 Pads = tuple[tuple[int, int], ...]
@@ -362,7 +362,7 @@ def conv_general_dilated(
 ) -> Array:
     """``lax.conv_general_dilated`` with canonical gradients (see module docstring) for
     channels-last convolutions without input dilation or groups; anything else goes to lax.
-    Pass it to flax: ``nn.Conv(..., conv_general_dilated=jaxgan.nets.conv.conv_general_dilated)``."""
+    Pass it to flax: ``nn.Conv(..., conv_general_dilated=jaxgan.cpu.conv.conv_general_dilated)``."""
     n = lhs.ndim - 2
     one = (1,) * n
     fast = (

@@ -27,7 +27,7 @@ hash once, vectorised and split over XLA's intra-op threads: the same bits, 0.04
 
 Another, the convolutions: XLA's CPU kernels (Eigen) run DCGAN's strided convolutions and their
 weight gradients at 150-195 GFLOP/s here, oneDNN's at 215-240. :func:`use_onednn` sends 2-D
-float32 convolutions of CPU programs to oneDNN through ``jax.ffi`` (:mod:`jaxgan.nets.onednn`;
+float32 convolutions of CPU programs to oneDNN through ``jax.ffi`` (:mod:`jaxgan.cpu.onednn`;
 an optional dependency, ``pip install "jaxgan[onednn]"``).
 
 ``jaxgan train`` (the CLI) and the throughput benchmarks call :func:`tune` first. Library users who want the
@@ -125,10 +125,10 @@ def set_xla_flags(*, warn: bool = True) -> bool:
 
 def use_onednn(on: bool = True) -> bool:
     """Run 2-D float32 convolutions of CPU programs traced from now on with oneDNN
-    (:mod:`jaxgan.nets.onednn`; needs ``pip install "jaxgan[onednn]"`` and a C++ compiler).
-    Returns whether they do; when oneDNN is unavailable, ``jaxgan.nets.onednn.unavailable_reason()``
+    (:mod:`jaxgan.cpu.onednn`; needs ``pip install "jaxgan[onednn]"`` and a C++ compiler).
+    Returns whether they do; when oneDNN is unavailable, ``jaxgan.cpu.onednn.unavailable_reason()``
     says why and XLA's convolutions are used."""
-    from jaxgan.nets import onednn
+    from jaxgan.cpu import onednn
 
     return onednn.enable(on)
 
@@ -150,7 +150,7 @@ def use_native_random(on: bool = True) -> bool:
     :func:`native_random_unavailable_reason` says why and XLA computes the draws."""
     with _native_lock:
         if on and _native["lib"] is None and _native["error"] is None:
-            from jaxgan import native
+            from jaxgan.cpu import native
 
             try:
                 path = native.compile_library(NATIVE_SOURCE, what="the native random draws",
