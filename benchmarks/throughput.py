@@ -13,9 +13,9 @@ measures, interleaving the three so that machine load hits them alike:
   this;
 * ``torch``: :mod:`torch_dcgan` (PyTorch eager, same work per step), if torch is installed.
 
-jaxgan and the fused step run with ``jaxgan.cpu.tune()`` as ``jaxgan train`` does: with oneDNN
-installed (``pip install ".[onednn]"``) their 2-D convolutions are oneDNN's
-(``--xla-convolutions`` keeps XLA's, for comparison).
+jaxgan and the fused step run with ``jaxgan.cpu.tune()`` as ``jaxgan train`` does, with the
+layers ``jaxgan train`` picks: with oneDNN installed (``pip install ".[onednn]"``) their 2-D
+convolutions are oneDNN's (``--xla-convolutions`` keeps XLA's, for comparison).
 
 It prints one JSON line per preset (steps/s of each, the ratios, XLA's FLOPs per step and the
 achieved GFLOP/s against a matmul peak measured in the same run, compile time, versions) and a
@@ -45,8 +45,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jaxgan import bench, configs, cpu, keys, loop, runner
-from jaxgan.cpu import onednn
+from jaxgan import bench, build, configs, cpu, keys, loop, runner
 from jaxgan.runner import round_batches
 
 PRESETS = {
@@ -57,11 +56,11 @@ PRESETS = {
 }
 
 
-def fused_chunk(run: loop.Run, rounds: int):
-    """A hand-fused round of the same model, scanned ``rounds`` times: the reference for the
-    library's overhead. Only the two losses are returned as metrics."""
+def fused_chunk(run: loop.Run, rounds: int, layers: str = "flax"):
+    """A hand-fused round of the same model (DCGAN with ``layers``), scanned ``rounds`` times: the
+    reference for the library's overhead. Only the two losses are returned as metrics."""
     gan, config = run.gan, run.config
-    g_mod, d_mod = _linen_modules(run)
+    g_mod, d_mod = _linen_modules(run, layers)
     g_opt, d_opt = gan.g_optimizer, gan.d_optimizer
     batch = config.batch_size
 
@@ -117,15 +116,16 @@ class _FakeState:
         self.rng, self.step = rng, step
 
 
-def _linen_modules(run: loop.Run):
+def _linen_modules(run: loop.Run, layers: str):
     """The flax modules behind the run's Networks (rebuilt from the config: same classes)."""
     from jaxgan.nets.dcgan import DCGANDiscriminator, DCGANGenerator
     from jaxgan.nets.mlp import MLPDiscriminator, MLPGenerator
 
     c, shape = run.config, run.example_shape
     if c.model == "dcgan":
-        return (DCGANGenerator(image_size=shape[0], channels=shape[2], width=c.g_width),
-                DCGANDiscriminator(image_size=shape[0], width=c.d_width, norm=c.d_norm, dropout=c.d_dropout))
+        return (DCGANGenerator(image_size=shape[0], channels=shape[2], width=c.g_width, layers=layers),
+                DCGANDiscriminator(image_size=shape[0], width=c.d_width, norm=c.d_norm, dropout=c.d_dropout,
+                                   layers=layers))
     return (MLPGenerator(out_shape=shape, hidden=c.g_hidden, activation=c.activation),
             MLPDiscriminator(hidden=c.d_hidden, activation=c.activation, dropout=c.d_dropout))
 
@@ -160,18 +160,19 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     config = configs.preset(name)
     rounds, default_chunks = PRESETS[name]
     chunks = chunks or default_chunks
+    layers = build.default_layers()
     run, lib_fn, lib_args, _plan = bench.library_chunk(config, rounds)
     t0 = time.perf_counter()
     lib = lib_fn.lower(*lib_args).compile()
     lib_compile = time.perf_counter() - t0
-    lib_flops = bench.chunk_flops(config, rounds, lib)
+    lib_flops = bench.chunk_flops(config, rounds, lib, layers)
 
-    fused_fn = fused_chunk(run, rounds)
+    fused_fn = fused_chunk(run, rounds, layers)
     carry = fused_carry(lib_args[0])
     t0 = time.perf_counter()
     fused = fused_fn.lower(carry, 0).compile()
     fused_compile = time.perf_counter() - t0
-    fused_flops = bench.one_round_flops(lambda: fused_chunk(run, 1).lower(carry, 0).compile())
+    fused_flops = bench.compiled_flops(fused_chunk(run, 1, bench.xla_layers(layers)).lower(carry, 0).compile())
 
     peer, torch_version = torch_peer(config, threads)
 
@@ -236,7 +237,8 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
         "torch": torch_version,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "threefry_unrolled": cpu.threefry_unrolled(),
-        "onednn_convolutions": onednn.enabled(),
+        "layers": layers,
+        "onednn_convolutions": layers == "onednn",
     }
     return out
 
@@ -277,8 +279,11 @@ def main(argv=None) -> int:
         runner.UNROLL = a.unroll
     if not a.no_cpu_tuning:
         cpu.tune(onednn=not a.xla_convolutions)  # what `jaxgan train` runs with
-    if not a.xla_convolutions and not onednn.enabled() and onednn.unavailable_reason():
-        print(f"oneDNN convolutions unavailable: {onednn.unavailable_reason()}", file=sys.stderr)
+    if not a.xla_convolutions and not cpu.onednn_in_use():
+        from jaxgan.cpu import onednn
+
+        if onednn.unavailable_reason():
+            print(f"oneDNN convolutions unavailable: {onednn.unavailable_reason()}", file=sys.stderr)
     peak = bench.matmul_peak()
     rows = []
     for name in a.preset or list(PRESETS):

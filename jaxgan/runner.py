@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxgan import cpu
-from jaxgan.cpu import onednn
 from jaxgan.gan import GAN, GANState
 
 Array = jax.Array
@@ -78,7 +77,7 @@ def _flag_final_params(gan: GAN, state: GANState, metrics: dict) -> dict:
 def _draw_in_round(gan: GAN, source, state: GANState, local_batch: int) -> bool:
     """Whether :func:`train_chunk` draws each batch in its round rather than carrying it: for
     images, on the CPU, with the native draws and oneDNN's convolutions (see there)."""
-    if not (cpu.native_random() and onednn.enabled() and jax.default_backend() == "cpu"):
+    if not (cpu.native_random() and cpu.onednn_in_use() and jax.default_backend() == "cpu"):
         return False
     batch = jax.eval_shape(lambda s: round_batches(gan, source, s, local_batch), state)
     return batch.ndim >= 5  # [d_steps, B, H, W, C]

@@ -5,7 +5,6 @@ Multi-device tests start subprocesses with XLA_FLAGS set before JAX starts
 """
 
 import atexit
-import contextlib
 import os
 import shutil
 import tempfile
@@ -37,17 +36,16 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture(autouse=True)
 def _restore_cpu_switches():
     """An in-process ``jaxgan`` command calls ``jaxgan.cpu.tune()``, which turns on the native
-    random draws and the oneDNN convolutions for the rest of the process: put both back after each
+    random draws and oneDNN's convolutions for the rest of the process: put both back after each
     test, so no test's numbers depend on which tests its worker ran before."""
     from jaxgan import cpu
-    from jaxgan.cpu import onednn
 
-    native, conv = cpu.native_random(), onednn.enabled()
+    native, conv = cpu.native_random(), cpu.onednn_in_use()
     yield
     if cpu.native_random() != native:
         cpu.use_native_random(native)
-    if onednn.enabled() != conv:
-        onednn.enable(conv)
+    if cpu.onednn_in_use() != conv:
+        cpu.use_onednn(conv)
 
 
 @pytest.fixture
@@ -77,21 +75,10 @@ def require_onednn():
     assert onednn.available(), onednn.unavailable_reason()
 
 
-@contextlib.contextmanager
-def onednn_on():
-    """oneDNN convolutions for what is traced inside (skips as :func:`require_onednn` does)."""
-    from jaxgan.cpu import onednn
-
-    require_onednn()
-    onednn.enable(True)
-    try:
-        yield
-    finally:
-        onednn.enable(False)
-
-
 @pytest.fixture(params=["xla", "onednn"])
 def conv_backend(request):
-    """Run a convolution test with XLA's kernels and with oneDNN's (jaxgan.cpu.onednn)."""
-    with onednn_on() if request.param == "onednn" else contextlib.nullcontext():
-        yield request.param
+    """Run a convolution test with XLA's kernels and with oneDNN's (``onednn=True``; skips as
+    :func:`require_onednn` does)."""
+    if request.param == "onednn":
+        require_onednn()
+    return request.param

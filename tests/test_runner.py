@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jaxgan import cpu, runner
-from jaxgan.cpu import onednn
 from jaxgan.runner import round_batches, train_chunk, train_chunk_fed
 from tests.conftest import require_onednn
 from tests.helpers import host_leaves, tiny_run
@@ -40,7 +39,7 @@ def test_a_chunk_is_its_rounds_one_by_one(d_steps, unroll, images):
     if images:
         require_onednn()
         assert cpu.use_native_random(True), cpu.native_random_unavailable_reason()
-        assert onednn.enable(True)
+        assert cpu.use_onednn(True)
     assert runner._draw_in_round(gan, source, state, 16) == images
     chunk_state, metrics = jax.jit(lambda s: train_chunk(gan, source, s, 16, rounds, unroll=unroll))(state)
 

@@ -26,16 +26,16 @@ hash once, vectorised and split over XLA's intra-op threads: the same bits, 0.04
 0.13 ms for a 512 x 256 draw; normals equal to XLA's to a few float32 ulps.
 
 Another, the convolutions: XLA's CPU kernels (Eigen) run DCGAN's strided convolutions and their
-weight gradients at 150-195 GFLOP/s here, oneDNN's at 215-240. :func:`use_onednn` sends 2-D
-float32 convolutions of CPU programs to oneDNN through ``jax.ffi`` (:mod:`jaxgan.cpu.onednn`;
-an optional dependency, ``pip install "jaxgan[onednn]"``).
+weight gradients at 150-195 GFLOP/s here, oneDNN's at 215-240. :func:`use_onednn` loads oneDNN
+(:mod:`jaxgan.cpu.onednn`; an optional dependency, ``pip install "jaxgan[onednn]"``) and
+:func:`layers` then names the DCGAN layers that run their 2-D float32 convolutions with it.
 
 ``jaxgan train`` (the CLI) and the throughput benchmarks call :func:`tune` first. Library users who want the
 same on CPU call :func:`tune` before their first JAX computation, or pass
 ``compiler_options=jaxgan.cpu.COMPILER_OPTIONS`` to ``jax.jit`` and call :func:`unroll_threefry`.
 Nothing here changes GPU or TPU programs (the options are CPU-only; the lowering is registered for
-the ``cpu`` platform; the native draws and the oneDNN convolutions are picked by
-``lax.platform_dependent``).
+the ``cpu`` platform; the native draws are picked by ``lax.platform_dependent``; the oneDNN layers
+are an explicit choice made when the GAN is built).
 """
 
 from __future__ import annotations
@@ -123,14 +123,31 @@ def set_xla_flags(*, warn: bool = True) -> bool:
     return True
 
 
-def use_onednn(on: bool = True) -> bool:
-    """Run 2-D float32 convolutions of CPU programs traced from now on with oneDNN
-    (:mod:`jaxgan.cpu.onednn`; needs ``pip install "jaxgan[onednn]"`` and a C++ compiler).
-    Returns whether they do; when oneDNN is unavailable, ``jaxgan.cpu.onednn.unavailable_reason()``
-    says why and XLA's convolutions are used."""
-    from jaxgan.cpu import onednn
+_onednn = {"in_use": False}  # read by the edge (layers()), not by traced code
 
-    return onednn.enable(on)
+
+def use_onednn(on: bool = True) -> bool:
+    """Load oneDNN's convolutions (:mod:`jaxgan.cpu.onednn`; ``pip install "jaxgan[onednn]"`` and
+    a C++ compiler) so that :func:`layers` names them (``on=False``: it names XLA's again).
+    Returns whether they are in use; when oneDNN is unavailable,
+    ``jaxgan.cpu.onednn.unavailable_reason()`` says why."""
+    if on:
+        from jaxgan.cpu import onednn as onednn_lib
+
+        on = onednn_lib.available()
+    _onednn["in_use"] = on
+    return on
+
+
+def onednn_in_use() -> bool:
+    """Whether oneDNN's convolutions are loaded for :func:`layers` to name."""
+    return _onednn["in_use"]
+
+
+def layers() -> str:
+    """The DCGAN layers for a CPU program (``jaxgan.nets.dcgan``'s ``layers``): ``"onednn"`` once
+    :func:`use_onednn` has loaded oneDNN, else ``"cpu"`` (this package's layers, XLA's kernels)."""
+    return "onednn" if _onednn["in_use"] else "cpu"
 
 
 _native: dict = {"lib": None, "error": None, "enabled": False}
