@@ -28,7 +28,6 @@ from jaxgan import losses as losses_lib
 from jaxgan import scores as scores_lib
 from jaxgan import unroll as unroll_lib
 from jaxgan.nets.adapters import Network
-from jaxgan.ops import Op
 from jaxgan.penalties import PenaltyInputs, Remedy
 
 Array = jax.Array
@@ -39,19 +38,11 @@ Metrics = dict[str, Array]
 _INIT, _D, _G, _SAMPLE = 0, 1, 2, 3
 
 
-def _sum_of_squares(*leaves: Array) -> Array:
-    return optax.tree.norm(list(leaves), squared=True).astype(jnp.float32)
-
-
-SQUARED_NORM = Op("jaxgan_squared_norm", _sum_of_squares)
-
-
 def squared_norm(tree: PyTree) -> Array:
     """The sum of squares of every leaf of ``tree``, in float32: ``optax.tree.norm(tree,
-    squared=True)``, as one :class:`jaxgan.ops.Op` (:func:`jaxgan.cpu.tune` lowers it as dot
-    products on the CPU)."""
-    leaves = jax.tree.leaves(tree)
-    return SQUARED_NORM(*leaves) if leaves else jnp.zeros((), jnp.float32)
+    squared=True)`` with the leaves in float32."""
+    tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+    return optax.tree.norm(tree, squared=True).astype(jnp.float32)
 
 
 @flax.struct.dataclass

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 from jax.core import ShapedArray
 from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import batching, mlir
 
 Array = jax.Array
 LoweringRule = Callable[..., object]
@@ -33,30 +33,25 @@ class Op:
 
     Under ``vmap`` the batched axes move to the front of every argument and the op maps its
     computation over them, so a platform's lowering sees every batch in one call (its rule
-    receives ``batch_ndim``, the number of leading batch axes, with the static parameters). Its
-    derivative is ``impl``'s."""
+    receives ``batch_ndim``, the number of leading batch axes, with the static parameters). It
+    has no differentiation rule: the ops here take integers (keys and ids)."""
 
     def __init__(self, name: str, impl: Callable[..., Array]):
         self.impl = impl
         self.primitive = Primitive(name)
         self.primitive.def_impl(self._eager)
         self.primitive.def_abstract_eval(self._abstract_eval)
-        self.default_lowering = self.lowering(impl)
+        self.default_lowering = mlir.lower_fun(
+            lambda *args, batch_ndim, **params: _mapped(impl, batch_ndim, params)(*args), multiple_results=False)
         mlir.register_lowering(self.primitive, self.default_lowering)
         batching.primitive_batchers[self.primitive] = self._batch
-        ad.primitive_jvps[self.primitive] = self._jvp
 
     def __call__(self, *args: Array, **params) -> Array:
         return self.primitive.bind(*args, batch_ndim=0, **params)
 
-    def lowering(self, fn: Callable[..., Array]) -> LoweringRule:
-        """A lowering rule that computes the op as ``fn`` (same signature as ``impl``)."""
-        return mlir.lower_fun(lambda *args, batch_ndim, **params: _mapped(fn, batch_ndim, params)(*args),
-                              multiple_results=False)
-
     def lower_on(self, platform: str, rule: LoweringRule | None = None) -> None:
         """Lower the op with ``rule`` on ``platform`` from now on (``None``: with ``impl`` again).
-        Programs compiled before keep their lowering."""
+        Functions traced before keep the lowering they had (jit caches it with the trace)."""
         mlir.register_lowering(self.primitive, rule or self.default_lowering, platform=platform)
 
     def _abstract_eval(self, *avals, batch_ndim: int, **params):
@@ -72,9 +67,3 @@ class Op:
         size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
         front = [batching.bdim_at_front(a, d, size) for a, d in zip(args, dims, strict=True)]
         return self.primitive.bind(*front, batch_ndim=batch_ndim + 1, **params), 0
-
-    def _jvp(self, primals, tangents, *, batch_ndim: int, **params):
-        out = self.primitive.bind(*primals, batch_ndim=batch_ndim, **params)
-        tangents = [ad.instantiate_zeros(t) for t in tangents]
-        _, tangent = jax.jvp(_mapped(self.impl, batch_ndim, params), tuple(primals), tuple(tangents))
-        return out, tangent

@@ -36,16 +36,14 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture(autouse=True)
 def _restore_cpu_plugins():
     """An in-process ``jaxgan`` command calls ``jaxgan.cpu.tune()``, which plugs the native random
-    draws, the dot-product norms and oneDNN's convolutions into the rest of the process: put them
-    back after each test, so no test's numbers depend on which tests its worker ran before."""
+    draws and oneDNN's convolutions into the rest of the process: put both back after each test,
+    so no test's numbers depend on which tests its worker ran before."""
     from jaxgan import cpu
 
-    native, norms, conv = cpu.native_random(), cpu.dot_norms(), cpu.onednn_in_use()
+    native, conv = cpu.native_random(), cpu.onednn_in_use()
     yield
     if cpu.native_random() != native:
         cpu.use_native_random(native)
-    if cpu.dot_norms() != norms:
-        cpu.use_dot_norms(norms)
     if cpu.onednn_in_use() != conv:
         cpu.use_onednn(conv)
 

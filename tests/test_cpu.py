@@ -1,8 +1,7 @@
 """jaxgan.cpu: the unrolled threefry gives JAX's bits; tune() sets the XLA flag without
 overriding a user's own, takes effect (no YNNPACK fusion, no threefry loop) in a fresh process,
 and on another backend builds, registers and imports nothing; what it plugs in lowers the CPU's
-programs only (squared norms as dots with the reduction's values; a GPU or TPU export of a
-training step calls nothing of jaxgan's)."""
+programs only (a GPU or TPU export of a training step calls nothing of jaxgan's)."""
 
 import json
 import os
@@ -18,7 +17,6 @@ from jax.interpreters import mlir
 
 from jaxgan import build, configs, cpu
 from jaxgan.cpu import draws, threefry
-from jaxgan.gan import squared_norm
 
 # Threefry-2x32 with 20 rounds, known-answer vectors of the Random123 library (kat_vectors:
 # key, counter -> output), as JAX's own tests use them.
@@ -121,7 +119,7 @@ def test_tune_on_another_backend_builds_registers_and_imports_nothing(monkeypatc
     monkeypatch.setattr(cpu, "_backends_initialized", lambda: False)
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(threefry, "_state", {"unrolled": False})
-    cpu_only = ("jaxgan.cpu.onednn", "jaxgan.cpu.draws", "jaxgan.cpu.norms", "jaxgan.cpu.native",
+    cpu_only = ("jaxgan.cpu.onednn", "jaxgan.cpu.draws", "jaxgan.cpu.native",
                 "jaxgan.cpu.conv", "jaxgan.cpu.conv_transpose", "jaxgan.cpu.batch_norm")
     for name in cpu_only:
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -136,36 +134,8 @@ def test_tune_on_another_backend_builds_registers_and_imports_nothing(monkeypatc
     gan = build.gan(configs.preset("dcgan32"), (32, 32, 3))
     jax.eval_shape(gan.init, jax.random.key(0), jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
     assert calls == []
-    assert not (cpu.native_random() or cpu.dot_norms() or cpu.onednn_in_use() or threefry.unrolled())
+    assert not (cpu.native_random() or cpu.onednn_in_use() or threefry.unrolled())
     assert [name for name in cpu_only if name in sys.modules] == []
-
-
-def test_dot_norms_are_the_reduction_lowered_as_dots_on_the_cpu_only():
-    rng = np.random.default_rng(0)
-    tree = {"k": rng.normal(size=(4, 4, 8, 16)).astype(np.float32), "b": np.float32(3.0),
-            "h": rng.normal(size=(33,)).astype(np.float32)}
-    reference = sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree))
-    rows = {"k": np.stack([tree["k"], 2 * tree["k"]])}
-
-    def lowered(platform):  # a new function each time: jit's caches keep what a function was lowered with
-        return jax.jit(lambda t: squared_norm(t)).trace(tree).lower(lowering_platforms=(platform,)).as_text()
-
-    values, texts = {}, {}
-    for on in (False, True):
-        cpu.use_dot_norms(on)
-        texts[on] = {p: lowered(p) for p in ("cpu", "cuda", "tpu")}
-        values[on] = (float(jax.jit(lambda t: squared_norm(t))(tree)),
-                      np.asarray(jax.jit(jax.vmap(lambda t: squared_norm(t)))(rows)),
-                      np.asarray(jax.jit(jax.grad(lambda t: squared_norm(t)))(tree["k"])))
-    assert "stablehlo.dot_general" in texts[True]["cpu"] and "stablehlo.reduce" not in texts[True]["cpu"]
-    for text in (texts[False]["cpu"], *texts[False].values(), texts[True]["cuda"], texts[True]["tpu"]):
-        assert "stablehlo.dot_general" not in text and "stablehlo.reduce" in text
-    assert texts[True]["cuda"] == texts[False]["cuda"] and texts[True]["tpu"] == texts[False]["tpu"]
-    for value, by_row, grad in values.values():
-        assert value == pytest.approx(reference, rel=1e-6)
-        np.testing.assert_allclose(by_row, [np.sum(np.square(tree["k"], dtype=np.float64)) * f for f in (1, 4)],
-                                   rtol=1e-6)
-        np.testing.assert_allclose(grad, 2 * tree["k"], rtol=1e-6)
 
 
 def _gpu_export(config, platforms=("cuda", "tpu")):
@@ -183,12 +153,11 @@ def _gpu_export(config, platforms=("cuda", "tpu")):
     ("dcgan32", {"batch_size": 4, "g_width": 4, "d_width": 4, "r1": 1.0}),
 ])
 def test_a_gpu_or_tpu_export_of_the_training_step_calls_nothing_of_jaxgans(preset, overrides):
-    """With the native draws and the dot norms plugged in (as tune() leaves a CPU process), the
-    CPU program of the step calls the native draws while its GPU/TPU export holds no custom call
-    of jaxgan's (jax.export refuses custom calls it does not know, so exporting is itself a check)."""
+    """With the native draws plugged in (as tune() leaves a CPU process), the CPU program of the
+    step calls them while its GPU/TPU export holds no custom call of jaxgan's (jax.export refuses
+    custom calls it does not know, so exporting is itself a check)."""
     if not cpu.use_native_random(True):
         pytest.skip(f"native draws unavailable: {cpu.native_random_unavailable_reason()}")
-    cpu.use_dot_norms(True)
     config = configs.apply_overrides(configs.preset(preset), overrides)
     gan, state, batch, exported = _gpu_export(config)
     assert [t for t in _custom_calls(exported.mlir_module()) if t.startswith("jaxgan")] == []

@@ -1,12 +1,11 @@
 """Everything jaxgan does for XLA's CPU backend alone, plugged in by :func:`tune`.
 
-:func:`tune` sets XLA flags and, when JAX's default backend is the CPU, registers CPU lowerings:
-``jax.random``'s hash unrolled (:mod:`jaxgan.cpu.threefry`), the per-row draws of
-:mod:`jaxgan.keys` as C++ handlers (:mod:`jaxgan.cpu.draws`), squared norms as dot products
-(:mod:`jaxgan.cpu.norms`), and loads oneDNN's convolutions (:mod:`jaxgan.cpu.onednn`) when
-installed. The same random bits; other values differ by float rounding at most. GPU and TPU
-programs are untouched: the lowerings are the CPU's, and on another backend :func:`tune` does
-nothing but set the (CPU-only) flags.
+:func:`tune` sets XLA flags and, when JAX's default backend is the CPU, registers CPU lowerings
+(``jax.random``'s hash unrolled, :mod:`jaxgan.cpu.threefry`; the per-row draws of
+:mod:`jaxgan.keys` as C++ handlers, :mod:`jaxgan.cpu.draws`) and loads oneDNN's convolutions
+(:mod:`jaxgan.cpu.onednn`) when installed. The same random bits; other values differ by float
+rounding at most. GPU and TPU programs are untouched: the lowerings are the CPU's, and on another
+backend :func:`tune` does nothing but set the (CPU-only) flags.
 
 The rest are explicit choices made at the edge (:mod:`jaxgan.build`, the loop): :func:`layers`
 names the DCGAN layers for a CPU program (this package's convolution, transposed convolution and
@@ -25,7 +24,6 @@ from jaxgan.cpu.threefry import threefry2x32
 __all__ = [
     "COMPILER_OPTIONS",
     "XLA_FLAGS",
-    "dot_norms",
     "draw_in_round",
     "layers",
     "native_random",
@@ -36,7 +34,6 @@ __all__ = [
     "threefry_unrolled",
     "tune",
     "unroll_threefry",
-    "use_dot_norms",
     "use_native_random",
     "use_onednn",
 ]
@@ -48,7 +45,7 @@ COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 XLA_FLAGS = tuple(f"--{k}={v}" for k, v in COMPILER_OPTIONS.items())
 
 # What tune() (or the use_* functions) plugged into this process; read by the edge, not by traced code.
-_plugged = {"native_random": False, "dot_norms": False, "onednn": False}
+_plugged = {"native_random": False, "onednn": False}
 
 
 def _backends_initialized() -> bool:
@@ -119,20 +116,6 @@ def native_random_unavailable_reason() -> str | None:
     return draws.unavailable_reason()
 
 
-def use_dot_norms(on: bool = True) -> bool:
-    """Lower :func:`jaxgan.gan.squared_norm` in CPU programs compiled from now on as dot
-    products (:mod:`jaxgan.cpu.norms`), or (``on=False``) as its reduction. Returns ``on``."""
-    from jaxgan.cpu import norms
-
-    _plugged["dot_norms"] = norms.plug(on)
-    return _plugged["dot_norms"]
-
-
-def dot_norms() -> bool:
-    """Whether CPU programs compiled now compute squared norms as dot products."""
-    return _plugged["dot_norms"]
-
-
 def use_onednn(on: bool = True) -> bool:
     """Load oneDNN's convolutions (:mod:`jaxgan.cpu.onednn`; ``pip install "jaxgan[onednn]"`` and
     a C++ compiler) so that :func:`layers` names them (``on=False``: it names XLA's again).
@@ -170,8 +153,8 @@ def draw_in_round(source) -> bool:
 
 def tune(*, warn: bool = True, onednn: bool = True) -> bool:
     """Set :data:`XLA_FLAGS` (:func:`set_xla_flags`, before JAX starts), then, when JAX's default
-    backend is the CPU: :func:`unroll_threefry`, :func:`use_native_random`, :func:`use_dot_norms`
-    and (``onednn``) :func:`use_onednn`. Returns whether the flags took effect on a CPU backend;
+    backend is the CPU: :func:`unroll_threefry`, :func:`use_native_random` and (``onednn``)
+    :func:`use_onednn`. Returns whether the flags took effect on a CPU backend;
     on another backend it builds and registers nothing and returns False."""
     import jax
 
@@ -180,7 +163,6 @@ def tune(*, warn: bool = True, onednn: bool = True) -> bool:
         return False
     unroll_threefry()
     use_native_random()
-    use_dot_norms()
     if onednn:
         use_onednn()
     return flags
