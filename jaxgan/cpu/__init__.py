@@ -154,8 +154,9 @@ def draw_in_round(source) -> bool:
 def tune(*, warn: bool = True, onednn: bool = True) -> bool:
     """Set :data:`XLA_FLAGS` (:func:`set_xla_flags`, before JAX starts), then, when JAX's default
     backend is the CPU: :func:`unroll_threefry`, :func:`use_native_random` and (``onednn``)
-    :func:`use_onednn`. Returns whether the flags took effect on a CPU backend;
-    on another backend it builds and registers nothing and returns False."""
+    :func:`use_onednn`. Returns whether the flags took effect on a CPU backend; on another
+    backend it builds and registers nothing and returns False. Asking for the default backend
+    starts JAX's backends: call ``jax.distributed.initialize`` first, if at all."""
     import jax
 
     flags = set_xla_flags(warn=warn)
