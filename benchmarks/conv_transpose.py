@@ -2,10 +2,10 @@
 (and PyTorch's ConvTranspose2d when torch is installed), forward, input gradient and kernel
 gradient, timed interleaved in one process so machine load hits them alike.
 
-The default layer is the one in the issue (DCGAN-64's generator, 64x8x8x256 -> 64x16x16x128,
-k=4, s=2, PyTorch padding 1 = flax 'SAME'). Runs with ``jaxgan.cpu.tune()``, as ``jaxgan train``
-does: with oneDNN installed, jaxgan's layer is oneDNN's (``--xla-convolutions``: XLA's kernels,
-the sub-pixel form). Prints one JSON line per layer. Run::
+The default layer is DCGAN-64's generator's (64x8x8x256 -> 64x16x16x128, k=4, s=2, PyTorch
+padding 1 = flax 'SAME'). Runs with ``jaxgan.cpu.tune()``, as ``jaxgan train`` does: with oneDNN
+installed, jaxgan's layer is oneDNN's (``--xla-convolutions``: XLA's kernels, the sub-pixel form).
+Prints one JSON line per layer. Run::
 
     python benchmarks/conv_transpose.py
     python benchmarks/conv_transpose.py --repeats 9 --layer 64,4,512,256 --layer 64,32,64,3
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import cpu
-from jaxgan.nets import ConvTranspose, onednn
+from jaxgan.nets import ConvTranspose
 
 
 def _time(fn, *args) -> float:
@@ -34,9 +34,9 @@ def _time(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def jax_fns(cls, batch: int, size: int, cin: int, cout: int):
+def jax_fns(cls, batch: int, size: int, cin: int, cout: int, **kwargs):
     """Jitted forward, input-gradient and kernel-gradient of a ``cls`` layer, and their inputs."""
-    layer = cls(cout, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)
+    layer = cls(cout, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, **kwargs)
     x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
     params = layer.init(jax.random.key(1), x)
     g = jax.random.normal(jax.random.key(2), layer.apply(params, x).shape)
@@ -76,7 +76,7 @@ def torch_fns(batch: int, size: int, cin: int, cout: int):
 
 def run_layer(batch: int, size: int, cin: int, cout: int, repeats: int) -> dict:
     impls = {"flax": jax_fns(nn.ConvTranspose, batch, size, cin, cout),
-             "jaxgan": jax_fns(ConvTranspose, batch, size, cin, cout)}
+             "jaxgan": jax_fns(ConvTranspose, batch, size, cin, cout, onednn=cpu.onednn_in_use())}
     peer = torch_fns(batch, size, cin, cout)
     times: dict[str, dict[str, list[float]]] = {}
     for name, fns in impls.items():
@@ -106,7 +106,7 @@ def run_layer(batch: int, size: int, cin: int, cout: int, repeats: int) -> dict:
         "command": " ".join(["python", *sys.argv]),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "onednn_convolutions": onednn.enabled(),
+        "onednn_convolutions": cpu.onednn_in_use(),
         "jax": jax.__version__,
     }
 

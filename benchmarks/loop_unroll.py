@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from throughput import fused_carry, fused_chunk
 
-from jaxgan import bench, configs, cpu, runner
+from jaxgan import bench, build, configs, cpu, runner
 
 
 def compare(preset: str, rounds: int, repeats: int, unrolls: list[int]) -> dict:
@@ -39,7 +39,8 @@ def compare(preset: str, rounds: int, repeats: int, unrolls: list[int]) -> dict:
         run, fn, args, _plan = bench.library_chunk(config, rounds)
         carry = fused_carry(args[0])
         for name, jitted, call_args in ((f"jaxgan_u{u}", fn, list(args)),
-                                        (f"fused_u{u}", fused_chunk(run, rounds), [carry, 0])):
+                                        (f"fused_u{u}", fused_chunk(run, rounds, build.default_layers()),
+                                         [carry, 0])):
             t0 = time.perf_counter()
             chunks[name] = (jitted.lower(*call_args).compile(), call_args)
             compile_s[name] = round(time.perf_counter() - t0, 2)

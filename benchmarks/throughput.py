@@ -13,19 +13,26 @@ measures, interleaving the three so that machine load hits them alike:
   this;
 * ``torch``: :mod:`torch_dcgan` (PyTorch eager, same work per step), if torch is installed.
 
-jaxgan and the fused step run with ``jaxgan.cpu.tune()`` as ``jaxgan train`` does: with oneDNN
-installed (``pip install ".[onednn]"``) their 2-D convolutions are oneDNN's
-(``--xla-convolutions`` keeps XLA's, for comparison).
+jaxgan and the fused step run with ``jaxgan.cpu.tune()`` as ``jaxgan train`` does, with the
+layers ``jaxgan train`` picks: with oneDNN installed (``pip install ".[onednn]"``) their 2-D
+convolutions are oneDNN's (``--xla-convolutions`` keeps XLA's, for comparison).
 
 It prints one JSON line per preset (steps/s of each, the ratios, XLA's FLOPs per step and the
-achieved GFLOP/s against a matmul peak measured in the same run, compile time, versions) and a
-table. The library's overhead is given two ways: from the median chunk times, and as the median
-(with quartiles and the median's 95% interval) of each library chunk's time over the fused
-chunk run beside it (the pair's order alternates), which drift in the machine's speed during the
-run does not move. Run from the repository root::
+achieved GFLOP/s against a matmul peak measured in the same run, compile time, the size of the
+training step as a GPU or TPU runs it (``hlo_ops``, :mod:`hlo_ops`), versions) and a table. The
+library's overhead is given two ways: from the median chunk times, and as the median (with
+quartiles and the median's 95% interval) of each library chunk's time over the fused chunk run
+beside it (the pair's order alternates), which drift in the machine's speed during the run does
+not move.
+
+``--trees A B ...`` compares checkouts (e.g. a worktree of main and this one) in one invocation:
+each repeat runs each checkout's own ``throughput.py`` once, in a subprocess with that checkout
+on ``PYTHONPATH``, the checkouts' order reversed every other repeat; it prints one JSON line per
+checkout and preset with the per-repeat figures and their medians. Run from the repository root::
 
     python benchmarks/throughput.py                     # all three presets
     python benchmarks/throughput.py --preset dcgan32 --repeats 5
+    python benchmarks/throughput.py --preset ring8 --repeats 3 --trees ../main-checkout .
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -45,8 +53,9 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jaxgan import bench, configs, cpu, keys, loop, runner
-from jaxgan.nets import onednn
+import hlo_ops
+
+from jaxgan import bench, build, configs, cpu, keys, loop, runner
 from jaxgan.runner import round_batches
 
 PRESETS = {
@@ -57,11 +66,11 @@ PRESETS = {
 }
 
 
-def fused_chunk(run: loop.Run, rounds: int):
-    """A hand-fused round of the same model, scanned ``rounds`` times: the reference for the
-    library's overhead. Only the two losses are returned as metrics."""
+def fused_chunk(run: loop.Run, rounds: int, layers: str = "flax"):
+    """A hand-fused round of the same model (DCGAN with ``layers``), scanned ``rounds`` times: the
+    reference for the library's overhead. Only the two losses are returned as metrics."""
     gan, config = run.gan, run.config
-    g_mod, d_mod = _linen_modules(run)
+    g_mod, d_mod = _linen_modules(run, layers)
     g_opt, d_opt = gan.g_optimizer, gan.d_optimizer
     batch = config.batch_size
 
@@ -117,15 +126,16 @@ class _FakeState:
         self.rng, self.step = rng, step
 
 
-def _linen_modules(run: loop.Run):
+def _linen_modules(run: loop.Run, layers: str):
     """The flax modules behind the run's Networks (rebuilt from the config: same classes)."""
     from jaxgan.nets.dcgan import DCGANDiscriminator, DCGANGenerator
     from jaxgan.nets.mlp import MLPDiscriminator, MLPGenerator
 
     c, shape = run.config, run.example_shape
     if c.model == "dcgan":
-        return (DCGANGenerator(image_size=shape[0], channels=shape[2], width=c.g_width),
-                DCGANDiscriminator(image_size=shape[0], width=c.d_width, norm=c.d_norm, dropout=c.d_dropout))
+        return (DCGANGenerator(image_size=shape[0], channels=shape[2], width=c.g_width, layers=layers),
+                DCGANDiscriminator(image_size=shape[0], width=c.d_width, norm=c.d_norm, dropout=c.d_dropout,
+                                   layers=layers))
     return (MLPGenerator(out_shape=shape, hidden=c.g_hidden, activation=c.activation),
             MLPDiscriminator(hidden=c.d_hidden, activation=c.activation, dropout=c.d_dropout))
 
@@ -160,18 +170,19 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
     config = configs.preset(name)
     rounds, default_chunks = PRESETS[name]
     chunks = chunks or default_chunks
+    layers = build.default_layers()
     run, lib_fn, lib_args, _plan = bench.library_chunk(config, rounds)
     t0 = time.perf_counter()
     lib = lib_fn.lower(*lib_args).compile()
     lib_compile = time.perf_counter() - t0
-    lib_flops = bench.chunk_flops(config, rounds, lib)
+    lib_flops = bench.chunk_flops(config, rounds, lib, layers)
 
-    fused_fn = fused_chunk(run, rounds)
+    fused_fn = fused_chunk(run, rounds, layers)
     carry = fused_carry(lib_args[0])
     t0 = time.perf_counter()
     fused = fused_fn.lower(carry, 0).compile()
     fused_compile = time.perf_counter() - t0
-    fused_flops = bench.one_round_flops(lambda: fused_chunk(run, 1).lower(carry, 0).compile())
+    fused_flops = bench.compiled_flops(fused_chunk(run, 1, bench.xla_layers(layers)).lower(carry, 0).compile())
 
     peer, torch_version = torch_peer(config, threads)
 
@@ -234,9 +245,13 @@ def run_preset(name: str, repeats: int, chunks: int | None, peak: float, threads
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "jax": jax.__version__,
         "torch": torch_version,
+        "commit": _commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "threefry_unrolled": cpu.threefry_unrolled(),
-        "onednn_convolutions": onednn.enabled(),
+        "native_random": cpu.native_random(),
+        "layers": layers,
+        "onednn_convolutions": layers == "onednn",
+        "hlo_ops": hlo_ops.hlo_ops(name),
     }
     return out
 
@@ -258,6 +273,59 @@ def _g(flops):
     return round(flops / 1e9, 3) if flops else None
 
 
+def _commit(tree: str) -> str:
+    """The checkout's commit (``+`` if its tracked files differ from it)."""
+    git = ["git", "-C", tree]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"]).returncode != 0
+    return head + ("+" if dirty else "")
+
+
+def compare_trees(trees: list[str], presets: list[str], repeats: int, forward: list[str]) -> list[dict]:
+    """Each checkout's own ``throughput.py`` once per repeat (``forward``: its other arguments),
+    the checkouts' order reversed every other repeat; one summary row per checkout and preset."""
+    runs: dict[tuple[str, str], list[dict]] = {(t, p): [] for t in trees for p in presets}
+    for r in range(repeats):
+        for tree in trees if r % 2 == 0 else trees[::-1]:
+            script = os.path.join(tree, "benchmarks", "throughput.py")
+            cmd = [sys.executable, script, *(x for p in presets for x in ("--preset", p)), "--repeats", "1", *forward]
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+            out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} (in {tree}) failed:\n{out.stderr[-3000:]}")
+            for line in out.stdout.splitlines():
+                if line.startswith("{"):
+                    row = json.loads(line)
+                    runs[(tree, row["preset"])].append(row)
+    summary = []
+    for tree in trees:
+        ops = {p: runs[(tree, p)][0].get("hlo_ops") for p in presets}
+        if any(v is None for v in ops.values()):  # a checkout from before the count
+            ops = hlo_ops.in_tree(tree, presets)
+        for preset in presets:
+            rows = runs[(tree, preset)]
+            rates = {k: [row["steps_per_s"][k] for row in rows] for k in rows[0]["steps_per_s"]}
+            paired = [row["library_overhead_paired_pct"]["median"] for row in rows]
+            summary.append({
+                "benchmark": "throughput_trees",
+                "tree": os.path.abspath(tree),
+                "commit": _commit(tree),
+                "preset": preset,
+                "command": " ".join(["python", *sys.argv]),
+                "steps_per_s": {k: round(float(np.median(v)), 3) for k, v in rates.items()},
+                "steps_per_s_per_repeat": rates,
+                "library_overhead_paired_pct": round(float(np.median(paired)), 2),
+                "library_overhead_paired_pct_per_repeat": paired,
+                "hlo_ops": ops[preset],
+                "gflop_per_step": rows[0]["gflop_per_step"],
+                "compile_s": rows[0]["compile_s"],
+                "load_avg_1m": [row["load_avg_1m"] for row in rows],
+                "machine": rows[0]["machine"],
+                "jax": rows[0]["jax"],
+            })
+    return summary
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", action="append", choices=sorted(PRESETS), help="default: all")
@@ -270,15 +338,37 @@ def main(argv=None) -> int:
                    help="jaxgan.cpu.tune() without the oneDNN convolutions (XLA's own kernels)")
     p.add_argument("--unroll", type=int, default=None,
                    help=f"rounds per loop iteration of both chunks (default jaxgan.runner.UNROLL = {runner.UNROLL})")
+    p.add_argument("--trees", nargs="+", metavar="DIR",
+                   help="compare these checkouts, each running its own throughput.py (see the module docstring)")
     a = p.parse_args(argv)
+    if a.unroll is not None and a.unroll < 1:
+        p.error(f"--unroll must be >= 1 (got {a.unroll})")
+    if a.trees:
+        forward = [*(["--chunks", str(a.chunks)] if a.chunks else []),
+                   *(["--torch-threads", str(a.torch_threads)] if a.torch_threads else []),
+                   *(["--no-cpu-tuning"] if a.no_cpu_tuning else []),
+                   *(["--xla-convolutions"] if a.xla_convolutions else []),
+                   *(["--unroll", str(a.unroll)] if a.unroll else [])]
+        rows = compare_trees(a.trees, a.preset or list(PRESETS), a.repeats, forward)
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        print(f"{'preset':10s} {'commit':>10s} {'jaxgan':>9s} {'fused':>9s} {'torch':>9s} {'paired%':>8s} "
+              f"{'hlo_ops':>8s}", file=sys.stderr)
+        for r in sorted(rows, key=lambda r: r["preset"]):
+            s = r["steps_per_s"]
+            print(f"{r['preset']:10s} {r['commit']:>10s} {s['jaxgan']:9.3f} {s['fused']:9.3f} "
+                  f"{s.get('torch', float('nan')):9.3f} {r['library_overhead_paired_pct']:8.2f} {r['hlo_ops']:8d}",
+                  file=sys.stderr)
+        return 0
     if a.unroll is not None:
-        if a.unroll < 1:
-            p.error(f"--unroll must be >= 1 (got {a.unroll})")
         runner.UNROLL = a.unroll
     if not a.no_cpu_tuning:
         cpu.tune(onednn=not a.xla_convolutions)  # what `jaxgan train` runs with
-    if not a.xla_convolutions and not onednn.enabled() and onednn.unavailable_reason():
-        print(f"oneDNN convolutions unavailable: {onednn.unavailable_reason()}", file=sys.stderr)
+    if not a.xla_convolutions and not cpu.onednn_in_use():
+        from jaxgan.cpu import onednn
+
+        if onednn.unavailable_reason():
+            print(f"oneDNN convolutions unavailable: {onednn.unavailable_reason()}", file=sys.stderr)
     peak = bench.matmul_peak()
     rows = []
     for name in a.preset or list(PRESETS):

@@ -8,6 +8,7 @@ PyTorch, and the machine's matmul peak measured in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -17,10 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxgan import runner
+from jaxgan import build, runner
 from jaxgan.configs import Config
 from jaxgan.data.host import HostSource
-from jaxgan.nets import onednn
 
 
 def machine() -> dict[str, Any]:
@@ -39,7 +39,7 @@ def machine() -> dict[str, Any]:
         "cpu": model,
         "cores": os.cpu_count(),
         "platform": jax.devices()[0].platform,
-        "onednn_convolutions": onednn.enabled(),
+        "onednn_convolutions": build.default_layers() == "onednn",
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
                      "python": platform.python_version()},
@@ -65,28 +65,24 @@ def compiled_flops(compiled) -> float | None:
     return float(cost["flops"])
 
 
-def one_round_flops(compile_one_round) -> float | None:
-    """:func:`compiled_flops` of ``compile_one_round()``, a program that runs one training round,
-    traced with XLA's convolutions: the oneDNN convolutions are custom calls XLA's cost analysis
-    does not see into (the count of a longer chunk mixes its loop body, which holds
-    ``jaxgan.runner.UNROLL`` rounds, with the rounds left outside the loop)."""
-    with onednn.disabled():
-        return compiled_flops(compile_one_round())
+def xla_layers(layers: str) -> str:
+    """DCGAN's ``layers`` with XLA's convolutions for oneDNN's, whose calls XLA's cost analysis
+    does not see into."""
+    return "cpu" if layers == "onednn" else layers
 
 
-def chunk_flops(config: Config, rounds: int, compiled) -> float | None:
+def chunk_flops(config: Config, rounds: int, compiled, layers: str | None = None) -> float | None:
     """FLOPs of one training round of ``config``: from ``compiled`` (the chunk
-    :func:`library_chunk` makes for ``config``) when it has XLA's own convolutions and one
-    round or one round per loop iteration, else from a one-round chunk compiled for the
-    purpose."""
-
-    def one_round():
-        _run, fn, args, _plan = library_chunk(config, 1)
-        return fn.lower(*args).compile()
-
-    if (rounds == 1 or runner.UNROLL == 1) and not onednn.enabled():
+    :func:`library_chunk` makes for ``config`` with ``layers``, default
+    :func:`jaxgan.build.default_layers`) when it has XLA's own convolutions and one round or one
+    round per loop iteration, else from a one-round chunk with XLA's convolutions compiled for the
+    purpose (the count of a longer chunk mixes its loop body, which holds
+    ``jaxgan.runner.UNROLL`` rounds, with the rounds left outside the loop)."""
+    layers = layers or build.default_layers()
+    if (rounds == 1 or runner.UNROLL == 1) and layers == xla_layers(layers):
         return compiled_flops(compiled)
-    return one_round_flops(one_round)
+    _run, fn, args, _plan = library_chunk(config, 1, layers=xla_layers(layers))
+    return compiled_flops(fn.lower(*args).compile())
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -131,21 +127,25 @@ def ratio_summary(ratios, digits: int = 4) -> dict[str, Any]:
     return out
 
 
-def library_chunk(config: Config, rounds: int):
+def library_chunk(config: Config, rounds: int, layers: str | None = None):
     """``(run, fn, args, plan)``: the chunk ``jaxgan train`` runs for ``config`` in its parallel
     mode (:func:`jaxgan.parallel.plan`; not yet compiled) and its arguments (the placed fresh
-    state, and the placed host batches when the data is host-fed)."""
-    from jaxgan import build, parallel
+    state, and the placed host batches when the data is host-fed). ``layers``: DCGAN's layers
+    (default: :func:`jaxgan.build.default_layers`, as ``jaxgan train``)."""
+    from jaxgan import parallel
 
     plan = parallel.plan(config.parallel, config.devices)
     plan.local_batch(config.batch_size)
     run = build.Run.from_config(config, sync_axis=plan.sync_axis)
+    if layers is not None:
+        run = dataclasses.replace(run, gan=build.gan(config, run.example_shape, sync_axis=plan.sync_axis,
+                                                     layers=layers))
     state = plan.place(run.init_state())
     if isinstance(run.source, HostSource):
         fn = plan.train_chunk_fed(run.gan, run.source.device_transform, config.batch_size)
         batches = plan.put_fed(run.source.host_batches(0, rounds, config.d_steps, config.batch_size))
         return run, fn, (state, batches), plan
-    return run, plan.train_chunk(run.gan, run.source, config.batch_size, rounds), (state,), plan
+    return run, plan.train_chunk(run.gan, run.source, config.batch_size, rounds, **run.chunk_options()), (state,), plan
 
 
 def time_chunks(compiled, args: tuple, n_chunks: int) -> tuple[list[float], dict]:
@@ -190,7 +190,7 @@ def measure(config: Config, steps: int, *, chunk: int | None = None) -> dict[str
         "devices": plan.num_devices,
         "parallel": plan.mode,
         "platform": jax.devices()[0].platform,
-        "onednn_convolutions": onednn.enabled(),
+        "onednn_convolutions": build.default_layers() == "onednn",
         "machine": platform.processor() or platform.machine(),
         "jax": jax.__version__,
     }

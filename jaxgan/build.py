@@ -137,17 +137,29 @@ def adam(lr: float, config: Config, updates_per_round: int = 1) -> optax.Gradien
     return optax.adam(learning_rate(lr, config, updates_per_round), b1=config.b1, b2=config.b2, eps_root=eps_root)
 
 
+def default_layers(backend: str | None = None) -> str:
+    """The DCGAN layers (``jaxgan.nets.dcgan.LAYERS``) for programs run on ``backend`` (default:
+    JAX's default backend): flax's own on a GPU or TPU; on the CPU the drop-ins made for XLA's CPU
+    backend, with oneDNN's convolutions once :func:`jaxgan.cpu.tune` has loaded them."""
+    if (backend or jax.default_backend()) != "cpu":
+        return "flax"
+    from jaxgan import cpu
+
+    return cpu.layers()
+
+
 def gan(config: Config, example_shape: tuple[int, ...], *, axis_name: str | None = None,
-        sync_axis: str | None = None) -> GAN:
+        sync_axis: str | None = None, layers: str | None = None) -> GAN:
     """The GAN definition for ``config`` on data with examples of ``example_shape``. ``sync_axis``
-    (or else ``axis_name``) is the device axis the networks' batch norm averages statistics over."""
+    (or else ``axis_name``) is the device axis the networks' batch norm averages statistics over.
+    ``layers``: DCGAN's layers (default: :func:`default_layers` for JAX's default backend)."""
     if config.model == "dcgan":
         try:
             # Sync batch norm: under a device axis, BN normalises with the global batch's statistics.
             g, d = dcgan_pair(
                 example_shape, config.latent_dim, g_width=config.g_width, d_width=config.d_width,
                 d_norm=config.d_norm, d_dropout=config.d_dropout, d_mbstd=config.d_mbstd,
-                axis_name=sync_axis or axis_name,
+                axis_name=sync_axis or axis_name, layers=layers or default_layers(),
             )
         except ValueError as err:
             raise ConfigError(f"model=dcgan on dataset={config.dataset!r}: {err}") from None
@@ -210,6 +222,15 @@ class Run:
         """A fresh :class:`~jaxgan.gan.GANState` for the config's seed and batch size."""
         example = np.zeros((self.config.batch_size, *self.example_shape), np.float32)
         return jax.jit(self.gan.init)(jax.random.key(self.config.seed), example)
+
+    def chunk_options(self) -> dict[str, bool]:
+        """Keyword arguments of :func:`jaxgan.runner.train_chunk` for this run's data on this
+        backend (where a chunk draws its real batch: :func:`jaxgan.cpu.draw_in_round`)."""
+        if jax.default_backend() != "cpu":
+            return {}
+        from jaxgan import cpu
+
+        return {"draw_in_round": cpu.draw_in_round(self.source)}
 
     @property
     def mixture(self):

@@ -81,17 +81,20 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
                    help="a process silent this long is taken as dead and the others stop with an error")
 
 
-def _init_distributed(args) -> None:
-    from jaxgan import parallel
+def _start_jax(args) -> None:
+    """JAX's distributed runtime when ``train`` asks for several processes (before anything
+    touches a device), then :func:`jaxgan.cpu.tune` (its XLA flags before JAX's backends start;
+    it asks for the default backend, which starts them)."""
+    if args.func is cmd_train:
+        from jaxgan import parallel
 
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
-                                    heartbeat_timeout_s=args.heartbeat_timeout)
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                        heartbeat_timeout_s=args.heartbeat_timeout)
+    cpu.tune(warn=False)
 
 
 def cmd_train(args) -> int:
     from jaxgan import loop
-
-    _init_distributed(args)
 
     saved = None
     if args.out and args.preset is None and os.path.isfile(os.path.join(args.out, rundir.CONFIG)):
@@ -244,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cpu.tune(warn=False)  # before JAX's first computation: faster CPU kernels, same math (jaxgan.cpu)
     warnings.showwarning = _show_warning
     try:
+        _start_jax(args)
         return args.func(args)
     except USER_ERRORS as err:
         print(f"jaxgan: error: {err}", file=sys.stderr)

@@ -6,19 +6,13 @@ the key and their global example ids, on any number of devices.
 
 * :func:`per_example`: any ``jax.random`` draw per row, from ``fold_in(key, i)``.
 * :func:`bits`, :func:`uniform`, :func:`normal`: arrays of values per row, hashed straight from
-  ``(key, (i, j))``. With threefry keys (JAX's default) element ``j`` of row ``i`` comes from
-  the Threefry-2x32 hash of the counter ``(ids[i], j)`` under the key, the counter-based use
-  the hash was designed for (Salmon et al. 2011). They replace ``per_example`` for multi-value
-  rows because XLA fuses a per-row key derivation (a ``fold_in`` hash, and the splits above it)
-  into the loop that makes the values and recomputes it for every element: measured (2-core
-  CPU, toy GAN, 512 x 256 latents per update) 312 -> 321 training steps/s, the speed with a
-  single ``jax.random.normal(key, (512, 256))`` draw instead (320).
+  ``(key, (i, j))``: with threefry keys (JAX's default) element ``j`` of row ``i`` comes from the
+  Threefry-2x32 hash of the counter ``(ids[i], j)`` under the key, the counter-based use the hash
+  was designed for (Salmon et al. 2011). They replace ``per_example`` for multi-value rows, whose
+  per-row key derivation XLA would recompute for every element of the row.
 
-On the CPU, after :func:`jaxgan.cpu.use_native_random` (``jaxgan.cpu.tune`` calls it),
-:func:`bits` and :func:`normal` are computed by C++ FFI handlers that evaluate each hash once for
-both its output words (XLA's loop fusion evaluates it once per word): the same bits (0.043
-instead of 0.13 ms for those of a 512 x 256 latent draw), and normals equal to XLA's to a few
-float32 ulps (the handler's own logarithm in the inverse CDF; 0.15 instead of 0.30 ms).
+The row hash and the normal draw are :class:`jaxgan.ops.Op` primitives: the XLA computation here
+on every platform, until a plug-in lowers them otherwise (:func:`jaxgan.cpu.tune`).
 """
 
 from __future__ import annotations
@@ -31,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
-from jaxgan import cpu
+from jaxgan.ops import Op
 
 Array = jax.Array
 
@@ -52,13 +46,18 @@ def bits(key: Array, ids: Array, shape: Sequence[int]) -> Array:
     ``jax.random.bits(key, (2,), uint32)``."""
     shape = tuple(int(s) for s in shape)
     ids = jnp.asarray(ids).astype(jnp.uint32)
-    n = math.prod(shape)
-    return _draw("jaxgan_threefry_rows", jnp.uint32, key, ids, n, lambda d, i: _hash_rows(d, i, n)).reshape(
-        ids.shape[0], *shape)
+    return HASH_ROWS(_hash_key(key), ids, n=math.prod(shape)).reshape(ids.shape[0], *shape)
 
 
-def _hash_rows(data: Array, ids: Array, n: int) -> Array:
-    """:func:`bits`' ``[len(ids), n]`` words from the hash key's ``data`` (``[2]`` uint32), by XLA."""
+def _hash_key(key: Array) -> Array:
+    """The Threefry key ``[2]`` uint32 the row hash uses: a threefry key's own data, else drawn."""
+    if str(jax.random.key_impl(key)) == "threefry2x32":
+        return jax.random.key_data(key)
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def _hash_rows(data: Array, ids: Array, *, n: int) -> Array:
+    """:func:`bits`' ``[len(ids), n]`` words from the hash key ``data`` ``[2]`` and ``ids`` ``[R]``."""
     half = (n + 1) // 2
     rows, cols = jnp.broadcast_arrays(ids[:, None], jnp.arange(half, dtype=jnp.uint32)[None, :])
     k1, k2 = (jnp.broadcast_to(data[..., i], rows.shape) for i in range(2))
@@ -66,17 +65,16 @@ def _hash_rows(data: Array, ids: Array, n: int) -> Array:
     return jnp.concatenate([a, b], axis=1)[:, :n]
 
 
-def _draw(target: str, dtype, key: Array, ids: Array, n: int, xla: Callable[[Array, Array], Array]) -> Array:
-    """``[len(ids), n]`` values of ``dtype`` from the hash key's data and the ids: the native
-    handler ``target`` on the CPU when :func:`jaxgan.cpu.native_random` is on, else ``xla(data, ids)``."""
-    if str(jax.random.key_impl(key)) == "threefry2x32":
-        data = jax.random.key_data(key)
-    else:
-        data = jax.random.bits(key, (2,), jnp.uint32)
-    if not (cpu.native_random() and ids.ndim == 1 and ids.shape[0] * n > 0):
-        return xla(data, ids)
-    native = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((ids.shape[0], n), dtype), vmap_method="broadcast_all")
-    return jax.lax.platform_dependent(data, ids, cpu=native, default=xla)
+def _normal_rows(data: Array, ids: Array, *, n: int) -> Array:
+    """:func:`normal`'s ``[len(ids), n]`` float32 values: ``sqrt(2) erfinv(u)`` of the uniforms
+    in (-1, 1) that :func:`_hash_rows`' words make, as ``jax.random.normal`` computes them."""
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    u = jnp.maximum(lo, _unit_interval(_hash_rows(data, ids, n=n)) * (np.float32(1.0) - lo) + lo)
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
+
+
+HASH_ROWS = Op("jaxgan_hash_rows", _hash_rows)
+NORMAL_ROWS = Op("jaxgan_normal_rows", _normal_rows)
 
 
 def _unit_interval(b: Array) -> Array:
@@ -112,12 +110,5 @@ def normal(key: Array, ids: Array, shape: Sequence[int], dtype=None) -> Array:
         return per_example(key, ids, lambda k: jax.random.normal(k, tuple(shape), dtype))
     shape = tuple(int(s) for s in shape)
     ids = jnp.asarray(ids).astype(jnp.uint32)
-    n = math.prod(shape)
-    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
-
-    def xla(data, ids):
-        u = jnp.maximum(lo, _unit_interval(_hash_rows(data, ids, n)) * (np.float32(1.0) - lo) + lo)
-        return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
-
-    z = _draw("jaxgan_threefry_normal", jnp.float32, key, ids, n, xla)
+    z = NORMAL_ROWS(_hash_key(key), ids, n=math.prod(shape))
     return z.reshape(ids.shape[0], *shape).astype(dtype)

@@ -179,7 +179,8 @@ class _Chunks:
             if self._prefetch is not None:
                 self._fns[n] = self.plan.train_chunk_fed(self.run.gan, self.run.source.device_transform, c.batch_size)
             else:
-                self._fns[n] = self.plan.train_chunk(self.run.gan, self.run.source, c.batch_size, n)
+                self._fns[n] = self.plan.train_chunk(self.run.gan, self.run.source, c.batch_size, n,
+                                                     **self.run.chunk_options())
         return self._fns[n]
 
     def run_chunk(self, first: int, n: int, state: GANState):

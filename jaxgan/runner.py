@@ -14,22 +14,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxgan import cpu
 from jaxgan.gan import GAN, GANState
-from jaxgan.nets import onednn
 
 Array = jax.Array
 _DATA = 100  # fold_in tag of the data stream, apart from the GAN's own streams
 
 UNROLL = 1
-"""Rounds per iteration of a chunk's loop (``jax.lax.scan``'s ``unroll``), read when a chunk is
-traced; the chunk functions take ``unroll=`` to override it. One by default: on the 2-core CPU,
-two rounds per iteration (one round's tail, its last optimizer step and metrics, running beside
-the next one's head, its latent draws) made the toy GAN's chunk ~2% faster (a hand-fused chunk
-~4%) and DCGAN-32's ~4%, cost 0.6 s (toy) to 2.8 s (DCGAN-32) more compile time per chunk
-length, and gave up the bitwise equality of a chunk and its rounds one by one
-(``benchmarks/README.md``, "Rounds per loop iteration"). Where a loop iteration costs more (a
-GPU launches its kernels per iteration), measure with ``benchmarks/loop_unroll.py``."""
+"""Rounds per iteration of a chunk's loop (``jax.lax.scan``'s ``unroll``) when a chunk function
+is not given ``unroll=``. With one, a chunk's numbers are bitwise those of its rounds one by one;
+``benchmarks/loop_unroll.py`` measures other values."""
 
 
 def round_batches(gan: GAN, source, state: GANState, local_batch: int) -> Array:
@@ -75,37 +68,26 @@ def _flag_final_params(gan: GAN, state: GANState, metrics: dict) -> dict:
     return out
 
 
-def _draw_in_round(gan: GAN, source, state: GANState, local_batch: int) -> bool:
-    """Whether :func:`train_chunk` draws each batch in its round rather than carrying it: for
-    images, on the CPU, with the native draws and oneDNN's convolutions (see there)."""
-    if not (cpu.native_random() and onednn.enabled() and jax.default_backend() == "cpu"):
-        return False
-    batch = jax.eval_shape(lambda s: round_batches(gan, source, s, local_batch), state)
-    return batch.ndim >= 5  # [d_steps, B, H, W, C]
-
-
-def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int, unroll: int | None = None):
+def train_chunk(gan: GAN, source, state: GANState, local_batch: int, rounds: int, unroll: int | None = None,
+                draw_in_round: bool = False):
     """``rounds`` training rounds with on-device data: ``(state, metrics [rounds])``. Pure;
     the caller jits it with ``rounds`` (and ``local_batch``) static. ``unroll``: rounds per
     loop iteration (default :data:`UNROLL`). With ``unroll=1`` the chunk's numbers are bitwise
     those of ``gan.train_step`` called round by round; unrolled, XLA fuses across rounds and
-    they agree to float rounding (an ulp or two; a long run's trajectory then parts by chaos).
+    they agree to float rounding (an ulp or two).
 
-    Each round draws the next round's batch and carries it: a value carried by the loop is
-    computed once, whereas a batch drawn inside the round is fused by XLA into each of its
-    readers (D's input and the diversity metric) and its draw, a threefry hash per value,
-    recomputed for each; the chunk draws one batch more than it trains on. Except for images
-    on the CPU with the native draws and oneDNN's convolutions on (what ``jaxgan train`` runs
-    there, :func:`jaxgan.cpu.tune`): the native draw is a call whose output is kept, not
-    fused, and carried it was free to run beside the oneDNN convolutions; drawn in its round,
-    DCGAN-32's round was 5% faster, while the toy GAN's was 1% slower, so only images are drawn
-    in the round (``benchmarks/README.md``). The numbers are the same either way.
+    By default each round draws the next round's batch and carries it: a value carried by the
+    loop is computed once, whereas XLA fuses a batch drawn inside the round into each of its
+    readers (D's input and the diversity metric) and recomputes its draw for each; the chunk
+    draws one batch more than it trains on. ``draw_in_round`` draws each round's batch in that
+    round instead, the better choice where the draw is a call whose output is kept, not fused
+    (:func:`jaxgan.cpu.draw_in_round` says when). The numbers are the same either way.
 
     The ``*_nonfinite`` flags of the chunk's last round also say whether the final params are
     finite (:meth:`jaxgan.GAN.params_finite`; the updates read them only under
     ``skip_nonfinite``)."""
 
-    if _draw_in_round(gan, source, state, local_batch):
+    if draw_in_round:
 
         def step(s, _):
             return gan.train_step(s, round_batches(gan, source, s, local_batch))

@@ -5,7 +5,6 @@ Multi-device tests start subprocesses with XLA_FLAGS set before JAX starts
 """
 
 import atexit
-import contextlib
 import os
 import shutil
 import tempfile
@@ -35,19 +34,18 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture(autouse=True)
-def _restore_cpu_switches():
-    """An in-process ``jaxgan`` command calls ``jaxgan.cpu.tune()``, which turns on the native
-    random draws and the oneDNN convolutions for the rest of the process: put both back after each
-    test, so no test's numbers depend on which tests its worker ran before."""
+def _restore_cpu_plugins():
+    """An in-process ``jaxgan`` command calls ``jaxgan.cpu.tune()``, which plugs the native random
+    draws and oneDNN's convolutions into the rest of the process: put both back after each test,
+    so no test's numbers depend on which tests its worker ran before."""
     from jaxgan import cpu
-    from jaxgan.nets import onednn
 
-    native, conv = cpu.native_random(), onednn.enabled()
+    native, conv = cpu.native_random(), cpu.onednn_in_use()
     yield
     if cpu.native_random() != native:
         cpu.use_native_random(native)
-    if onednn.enabled() != conv:
-        onednn.enable(conv)
+    if cpu.onednn_in_use() != conv:
+        cpu.use_onednn(conv)
 
 
 @pytest.fixture
@@ -68,7 +66,7 @@ def digits_dir(tmp_path_factory):
 def require_onednn():
     """Skip when oneDNN is not installed (the ``onednn`` extra); fail when it is but the
     convolutions cannot be built or loaded (a broken install should not pass as a skip)."""
-    from jaxgan.nets import onednn
+    from jaxgan.cpu import onednn
 
     try:
         onednn._root()
@@ -77,21 +75,10 @@ def require_onednn():
     assert onednn.available(), onednn.unavailable_reason()
 
 
-@contextlib.contextmanager
-def onednn_on():
-    """oneDNN convolutions for what is traced inside (skips as :func:`require_onednn` does)."""
-    from jaxgan.nets import onednn
-
-    require_onednn()
-    onednn.enable(True)
-    try:
-        yield
-    finally:
-        onednn.enable(False)
-
-
 @pytest.fixture(params=["xla", "onednn"])
 def conv_backend(request):
-    """Run a convolution test with XLA's kernels and with oneDNN's (jaxgan.nets.onednn)."""
-    with onednn_on() if request.param == "onednn" else contextlib.nullcontext():
-        yield request.param
+    """Run a convolution test with XLA's kernels and with oneDNN's (``onednn=True``; skips as
+    :func:`require_onednn` does)."""
+    if request.param == "onednn":
+        require_onednn()
+    return request.param

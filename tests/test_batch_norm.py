@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgan.cpu.batch_norm import broadcast_rows, channel_sum
 from jaxgan.nets import BatchNorm
-from jaxgan.nets.batch_norm import broadcast_rows, channel_sum
 
 KW = dict(momentum=0.9, epsilon=1e-5, scale_init=nn.initializers.normal(0.5), bias_init=nn.initializers.normal(0.5))
 

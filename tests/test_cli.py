@@ -127,3 +127,18 @@ def test_a_user_array_dataset_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 300
+
+
+def test_train_starts_the_distributed_runtime_before_tune_asks_for_the_backend(monkeypatch):
+    """jax.distributed.initialize must come before anything starts JAX's backends, and tune()
+    asks for the default backend (which starts them)."""
+    from jaxgan import cli, cpu, parallel
+
+    calls = []
+    monkeypatch.setattr(parallel, "initialize_distributed", lambda *a, **k: calls.append("distributed"))
+    monkeypatch.setattr(cpu, "tune", lambda **k: calls.append("tune"))
+    monkeypatch.setattr(cli, "cmd_train", lambda args: calls.append("train") or 0)
+    monkeypatch.setattr(cli, "cmd_bench", lambda args: calls.append("bench") or 0)
+    assert cli.main(["train", "--num-processes", "2"]) == 0
+    assert cli.main(["bench"]) == 0
+    assert calls == ["distributed", "tune", "train", "tune", "bench"]

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgan.cpu.conv import SUBPIXEL_MIN_CHANNELS
+from jaxgan.cpu.conv_transpose import conv_transpose
 from jaxgan.nets import ConvTranspose
-from jaxgan.nets.conv import SUBPIXEL_MIN_CHANNELS
-from jaxgan.nets.conv_transpose import conv_transpose
 
 # (input spatial shape, kernel, strides, padding, kernel_dilation, transpose_kernel)
 CASES = [
@@ -29,11 +29,11 @@ CASES = [
 ]
 
 
-def _pair(spatial, kernel, strides, padding, dilation, transpose_kernel, features=5, c_in=3):
+def _pair(spatial, kernel, strides, padding, dilation, transpose_kernel, features=5, c_in=3, backend="xla"):
     kwargs = dict(features=features, kernel_size=kernel, strides=strides, padding=padding,
                   kernel_dilation=dilation, transpose_kernel=transpose_kernel)
     x = jax.random.normal(jax.random.key(1), (2, *spatial, c_in))
-    return ConvTranspose(**kwargs), nn.ConvTranspose(**kwargs), x
+    return ConvTranspose(**kwargs, onednn=backend == "onednn"), nn.ConvTranspose(**kwargs), x
 
 
 @pytest.mark.parametrize("features", [5, SUBPIXEL_MIN_CHANNELS])  # both ways of computing the layer
@@ -41,7 +41,7 @@ def _pair(spatial, kernel, strides, padding, dilation, transpose_kernel, feature
 def test_same_params_values_and_gradients_as_flax(case, features, conv_backend):
     if conv_backend == "onednn" and len(case[0]) != 2:
         pytest.skip("oneDNN takes 2-D convolutions; the others are XLA's either way")
-    ours, theirs, x = _pair(*case, features=features)
+    ours, theirs, x = _pair(*case, features=features, backend=conv_backend)
     params = jax.jit(theirs.init)(jax.random.key(0), x)
     ours_params = jax.jit(ours.init)(jax.random.key(0), x)
     # Same parameter names, shapes and initial values (same initialisers, same key).
@@ -66,7 +66,7 @@ def test_same_params_values_and_gradients_as_flax(case, features, conv_backend):
 @pytest.mark.parametrize("features", [5, SUBPIXEL_MIN_CHANNELS])
 def test_second_order_gradient_matches_flax(features, conv_backend):
     """Reverse-over-reverse (as in a gradient penalty through the generator) agrees."""
-    ours, theirs, x = _pair((4, 4), (4, 4), (2, 2), "SAME", None, False, features=features)
+    ours, theirs, x = _pair((4, 4), (4, 4), (2, 2), "SAME", None, False, features=features, backend=conv_backend)
     params = theirs.init(jax.random.key(0), x)
 
     def penalty(module):
@@ -119,7 +119,7 @@ def _conv_kinds(fn, *args) -> dict[str, int]:
 def test_forward_and_gradients_are_stride_1_convolutions(features):
     """flax's layer is an input-dilated convolution and its kernel gradient a second one (the
     slow path); ours computes the layer and both gradients, to second order, as stride-1
-    convolutions without any dilation (the space-to-depth form in jaxgan.nets.conv)."""
+    convolutions without any dilation (the space-to-depth form in jaxgan.cpu.conv)."""
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
     k = jax.random.normal(jax.random.key(0), (4, 4, 3, features))
 

@@ -1,6 +1,7 @@
-"""DCGAN: the architecture against PyTorch's definition (an independent numpy forward pass),
-initialisation, spectral norm and batch statistics held constant, sync batch norm across
-devices, EMA sampling, and the CPU fast path inside compiled chunks."""
+"""DCGAN: the architecture against PyTorch's definition (an independent numpy forward pass) with
+each choice of layers, the same parameters whatever the layers, initialisation, spectral norm
+and batch statistics held constant, sync batch norm across devices, EMA sampling, and the CPU
+layers' fast path inside compiled chunks."""
 
 import os
 import subprocess
@@ -14,14 +15,15 @@ import optax
 import pytest
 
 import jaxgan as jg
-from jaxgan.nets.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_pair, layout
+from jaxgan.nets.dcgan import LAYERS, DCGANDiscriminator, DCGANGenerator, dcgan_pair, layout
+from tests.conftest import require_onednn
 
 
 def _gan(size=16, channels=3, width=4, latent=8, **kw):
     d_norm = kw.pop("d_norm", "batch")
     d_dropout = kw.pop("d_dropout", 0.0)
     g, d = dcgan_pair((size, size, channels), latent, g_width=width, d_width=width, d_norm=d_norm,
-                      d_dropout=d_dropout, axis_name=kw.pop("net_axis", None))
+                      d_dropout=d_dropout, axis_name=kw.pop("net_axis", None), layers=kw.pop("layers", "flax"))
     return jg.GAN(g, d, optax.adam(2e-4, b1=0.5), optax.adam(2e-4, b1=0.5), **kw)
 
 
@@ -100,9 +102,16 @@ def _np_bn(x, scale, bias, eps=1e-5):
     return (x - mean) / np.sqrt(var + eps) * scale + bias
 
 
-def test_generator_equals_pytorch_definition_in_numpy():
+@pytest.fixture(params=LAYERS)
+def layers(request):
+    if request.param == "onednn":
+        require_onednn()
+    return request.param
+
+
+def test_generator_equals_pytorch_definition_in_numpy(layers):
     size, width, latent = 16, 4, 8
-    g = DCGANGenerator(image_size=size, channels=3, width=width)
+    g = DCGANGenerator(image_size=size, channels=3, width=width, layers=layers)
     z = np.asarray(jax.random.normal(jax.random.key(3), (3, latent)))
     variables = g.init(jax.random.key(0), z)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
@@ -122,9 +131,9 @@ def test_generator_equals_pytorch_definition_in_numpy():
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_discriminator_equals_pytorch_definition_in_numpy():
+def test_discriminator_equals_pytorch_definition_in_numpy(layers):
     size, width = 16, 4
-    d = DCGANDiscriminator(image_size=size, width=width)
+    d = DCGANDiscriminator(image_size=size, width=width, layers=layers)
     x = np.asarray(_images(3, size))
     variables = d.init(jax.random.key(0), x)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
@@ -140,6 +149,30 @@ def test_discriminator_equals_pytorch_definition_in_numpy():
         h = lrelu(_np_bn(h, p[f"BatchNorm_{i - 1}"]["scale"], p[f"BatchNorm_{i - 1}"]["bias"]))
     ref = _np_conv(h, p[f"Conv_{n}"]["kernel"], 1, 0).reshape(-1)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_the_layers_share_parameters_and_a_training_step():
+    """Flax's layers and the CPU drop-ins have the same parameter and variable trees (a
+    checkpoint moves between backends) and take the same training step, to float rounding."""
+    x = _images(8)
+    states = {}
+    for layers in ("flax", "cpu"):
+        gan = _gan(layers=layers)
+        state = gan.init(jax.random.key(0), x)
+        states[layers] = (state, jax.jit(gan.train_step)(state, x))
+    (start_flax, _), (start_cpu, _) = states["flax"], states["cpu"]
+    jax.tree.map(np.testing.assert_array_equal, (start_flax.g, start_flax.d), (start_cpu.g, start_cpu.d))
+    (_, (after_flax, m_flax)), (_, (after_cpu, m_cpu)) = states["flax"], states["cpu"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 (after_flax.g.params, after_flax.d.params, after_flax.g.model_state, after_flax.d.model_state),
+                 (after_cpu.g.params, after_cpu.d.params, after_cpu.g.model_state, after_cpu.d.model_state))
+    for name in ("d_loss", "g_loss"):
+        np.testing.assert_allclose(m_flax[name], m_cpu[name], rtol=1e-5)
+
+
+def test_unknown_layers_are_refused():
+    with pytest.raises(ValueError, match="layers='gpu': choose one of flax, cpu, onednn"):
+        dcgan_pair((16, 16, 3), 8, layers="gpu")
 
 
 def test_initialisation_follows_the_pytorch_example():
@@ -222,17 +255,17 @@ def test_ema_sampling_uses_ema_params_with_the_live_batch_stats():
     assert not np.allclose(gan.sample(s2, key, 6, use_ema=False), ref)
 
 
-# ---------------------------------------------------------------------- the CPU fast path
+# ---------------------------------------------------------------------- the CPU layers' fast path
 
 
 def test_compiled_chunk_has_only_canonical_convolutions():
     """XLA CPU runs a convolution fast only in the canonical layout and canonicalises only the
     entry computation; the training chunk is a while loop, so every convolution in it (forward
-    and both gradients, of both players) must already be canonical."""
+    and both gradients, of both players) must already be canonical with the CPU layers."""
     from jaxgan.data.synthetic import RandomImages
     from jaxgan.runner import train_chunk
 
-    gan = _gan(size=16, width=4, penalties=(jg.penalties.R1(gamma=1.0),))
+    gan = _gan(size=16, width=4, layers="cpu", penalties=(jg.penalties.R1(gamma=1.0),))
     state = gan.init(jax.random.key(0), _images(4))
     hlo = jax.jit(lambda s: train_chunk(gan, RandomImages((16, 16, 3)), s, 4, 3)).lower(state).compile().as_text()
     labels = [line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines()

@@ -1,12 +1,11 @@
-"""jaxgan.nets.onednn: oneDNN's convolution primitives behind jaxgan.nets.conv on the CPU.
+"""jaxgan.cpu.onednn: oneDNN's convolution primitives behind jaxgan.cpu.conv (``onednn=True``).
 
 Values against XLA's own convolutions over the geometries DCGAN and other models use, the
-platform split (a program lowered for a GPU or TPU keeps XLA's convolution), what is not sent to
-oneDNN, vmap, repeatability, a DCGAN training step either way, and the FLOP count the
-benchmarks report. The flax comparisons of tests/test_conv.py and tests/test_conv_transpose.py
-also run with oneDNN on (their ``conv_backend`` parameter)."""
+transposed convolution as one call, what is not sent to oneDNN, vmap, repeatability, a DCGAN
+training step either way, and the FLOP count the benchmarks report. The flax comparisons of
+tests/test_conv.py and tests/test_conv_transpose.py also run with oneDNN (their ``conv_backend``
+parameter)."""
 
-import contextlib
 import dataclasses
 
 import jax
@@ -14,15 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan.nets import conv as conv_lib
-from jaxgan.nets import onednn
-from tests.conftest import onednn_on, require_onednn
+from jaxgan.cpu import conv as conv_lib
+from jaxgan.cpu import onednn
+from tests.conftest import require_onednn
 
 
 @pytest.fixture
 def on():
-    with onednn_on():
-        yield
+    require_onednn()
 
 
 # (N, input spatial, C_in, C_out, kernel, strides, pads, dilation)
@@ -38,12 +36,12 @@ GEOMETRIES = [
 ]
 
 
-def _three(u, w, g, strides, pads, dilation):
+def _three(u, w, g, strides, pads, dilation, on):
     spatial, k = u.shape[1:3], w.shape[:2]
     return (
-        conv_lib.conv(u, w, strides, pads, dilation),
-        conv_lib._conv_input_grad(g, w, spatial, strides, pads, dilation),
-        conv_lib.conv_weight_grad(u, g, k, strides, pads, dilation),
+        conv_lib.conv(u, w, strides, pads, dilation, None, on),
+        conv_lib._conv_input_grad(g, w, spatial, strides, pads, dilation, None, on),
+        conv_lib.conv_weight_grad(u, g, k, strides, pads, dilation, None, on),
     )
 
 
@@ -55,36 +53,35 @@ def test_three_products_equal_xla(geometry):
     w = jax.random.normal(jax.random.key(1), (*kernel, c_in, c_out))
     z = jax.eval_shape(lambda: conv_lib.conv(u, w, strides, pads, dilation))
     g = jax.random.normal(jax.random.key(2), z.shape)
-    ref = jax.jit(lambda: _three(u, w, g, strides, pads, dilation))()
-    with onednn_on():
-        f = jax.jit(lambda: _three(u, w, g, strides, pads, dilation))
-        assert f.lower().as_text().count("jaxgan_conv_") == 3  # all three went to oneDNN
-        got = f()
+    ref = jax.jit(lambda: _three(u, w, g, strides, pads, dilation, False))()
+    f = jax.jit(lambda: _three(u, w, g, strides, pads, dilation, True))
+    assert f.lower().as_text().count("jaxgan_conv_") == 3  # all three went to oneDNN
+    got = f()
     for a, b in zip(got, ref, strict=True):
         assert a.shape == b.shape
         scale = float(jnp.max(jnp.abs(b)))
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale)
 
 
-def test_direct_transposed_convolution_on_cpu_subpixel_elsewhere(on):
-    """With oneDNN on, a strided transposed convolution is oneDNN's backward-data primitive in a
-    CPU program; lowered for a GPU or TPU, the same function is the sub-pixel form of XLA
-    convolutions and calls nothing of ours."""
-    g = jnp.ones((2, 8, 8, 32))
-    w = jnp.ones((4, 4, 32, 16))  # a ConvTranspose kernel (flax's layout): 32 -> 16 channels
-    f = jax.jit(lambda g, w: conv_lib.conv_input_grad(g, w, (16, 16), (2, 2), ((1, 1), (1, 1)), (1, 1),
-                                                      transposed_kernel=True))
-    cpu = f.trace(g, w).lower(lowering_platforms=("cpu",)).as_text()
-    assert cpu.count("jaxgan_conv_backward_data") == 1
-    for platform in ("cuda", "tpu"):
-        other = f.trace(g, w).lower(lowering_platforms=(platform,)).as_text()
-        assert "jaxgan_conv" not in other
-        assert other.count("stablehlo.convolution") == 4  # one per output phase
+def test_transposed_convolution_is_one_call_with_onednn_subpixel_without(on):
+    """With oneDNN, a strided transposed convolution is oneDNN's backward-data primitive, one
+    call, with the sub-pixel form's values; without, the sub-pixel form of XLA convolutions."""
+    g = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    w = jax.random.normal(jax.random.key(1), (4, 4, 32, 16))  # a ConvTranspose kernel: 32 -> 16 channels
+    outs, texts = {}, {}
+    for use in (True, False):
+        f = jax.jit(lambda g, w, use=use: conv_lib.conv_input_grad(g, w, (16, 16), (2, 2), ((1, 1), (1, 1)), (1, 1),
+                                                                   transposed_kernel=True, onednn=use))
+        texts[use], outs[use] = f.lower(g, w).as_text(), f(g, w)
+    assert texts[True].count("jaxgan_conv_backward_data") == 1 and "stablehlo.convolution" not in texts[True]
+    assert "jaxgan_conv" not in texts[False]
+    assert texts[False].count("stablehlo.convolution") == 4  # one per output phase
+    np.testing.assert_allclose(outs[True], outs[False], rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(outs[False]))))
 
 
 @pytest.mark.parametrize(
     "what",
-    ["bfloat16", "3-D", "1-D", "negative padding", "disabled"],
+    ["bfloat16", "3-D", "1-D", "negative padding", "not asked"],
 )
 def test_what_is_not_sent_to_onednn(on, what):
     u = jnp.ones((2, 8, 8, 4))
@@ -100,9 +97,10 @@ def test_what_is_not_sent_to_onednn(on, what):
         strides, pads, dilation = (1,), ((1, 1),), (1,)
     elif what == "negative padding":
         pads = ((-1, 1), (1, 1))
-    with onednn.disabled() if what == "disabled" else contextlib.nullcontext():
-        f = jax.jit(jax.grad(lambda u, w: jnp.sum(conv_lib.conv(u, w, strides, pads, dilation)), argnums=(0, 1)))
-        text = f.lower(u, w).as_text()
+    use = what != "not asked"
+    f = jax.jit(jax.grad(lambda u, w: jnp.sum(conv_lib.conv(u, w, strides, pads, dilation, None, use)),
+                         argnums=(0, 1)))
+    text = f.lower(u, w).as_text()
     assert "jaxgan_conv" not in text
     f(u, w)  # and it runs
 
@@ -113,7 +111,7 @@ def test_vmap_over_a_leading_axis_equals_one_by_one(on):
     strides, pads, dilation = (2, 2), ((1, 1), (1, 1)), (1, 1)
 
     def loss(u_, w_):
-        return jnp.sum(jnp.sin(conv_lib.conv(u_, w_, strides, pads, dilation)))
+        return jnp.sum(jnp.sin(conv_lib.conv(u_, w_, strides, pads, dilation, None, True)))
 
     grad = jax.grad(loss, argnums=(0, 1))
     batched = jax.jit(jax.vmap(grad))(u, w)
@@ -127,8 +125,8 @@ def test_repeatable_bit_for_bit(on):
     """Exact resume (tests/test_resume.py) needs the same inputs to give the same bits."""
     u = jax.random.normal(jax.random.key(0), (8, 16, 16, 64))
     w = jax.random.normal(jax.random.key(1), (4, 4, 64, 128))
-    f = jax.jit(jax.grad(lambda u, w: jnp.sum(jnp.tanh(conv_lib.conv(u, w, (2, 2), ((1, 1), (1, 1)), (1, 1)))),
-                         argnums=(0, 1)))
+    f = jax.jit(jax.grad(lambda u, w: jnp.sum(jnp.tanh(conv_lib.conv(u, w, (2, 2), ((1, 1), (1, 1)), (1, 1), None,
+                                                                      True))), argnums=(0, 1)))
     first = f(u, w)
     for _ in range(3):
         jax.tree.map(np.testing.assert_array_equal, f(u, w), first)
@@ -145,15 +143,14 @@ def test_a_dcgan_training_chunk_is_the_same_either_way(on):
 
     config = _dcgan_config()
 
-    def chunk():
-        _run, fn, args, _plan = bench.library_chunk(config, 2)
+    def chunk(layers):
+        _run, fn, args, _plan = bench.library_chunk(config, 2, layers=layers)
         return fn.lower(*args), args
 
-    lowered, args = chunk()
+    lowered, args = chunk("onednn")
     assert "jaxgan_conv_" in lowered.as_text()
     state, metrics = lowered.compile()(*args)
-    with onednn.disabled():
-        lowered_xla, args_xla = chunk()
+    lowered_xla, args_xla = chunk("cpu")
     assert "jaxgan_conv_" not in lowered_xla.as_text()
     state_xla, metrics_xla = lowered_xla.compile()(*args_xla)
     # Two D and two G updates. Adam's first steps move a weight by about the learning rate
@@ -163,7 +160,7 @@ def test_a_dcgan_training_chunk_is_the_same_either_way(on):
     # direction. So: all but 3 in 10^3 weights within a quarter of the rate, and none further
     # apart than two updates in opposite directions. (Seeds 0-3, with XLA's latent draws and with
     # the native ones: at most 7.3e-4 of G's weights past a quarter, 0.00014 of D's; G's weights
-    # reach 1.97 lr apart. An earlier bound of 1e-4 held for seed 0's XLA draws only.)
+    # reach 1.97 lr apart.)
     lr = config.d_lr
     for ours, xla in ((state.g.params, state_xla.g.params), (state.d.params, state_xla.d.params)):
         diff = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
@@ -180,31 +177,27 @@ def test_benchmark_flops_count_the_convolutions(on):
     from jaxgan import bench
 
     config = _dcgan_config()
-    _run, fn, args, _plan = bench.library_chunk(config, 1)
+    _run, fn, args, _plan = bench.library_chunk(config, 1, layers="onednn")
     compiled = fn.lower(*args).compile()
     blind = bench.compiled_flops(compiled)
-    counted = bench.chunk_flops(config, 1, compiled)
-    with onednn.disabled():
-        _run, fn_xla, args_xla, _plan = bench.library_chunk(config, 1)
-        xla = bench.compiled_flops(fn_xla.lower(*args_xla).compile())
+    counted = bench.chunk_flops(config, 1, compiled, layers="onednn")
+    _run, fn_xla, args_xla, _plan = bench.library_chunk(config, 1, layers="cpu")
+    xla = bench.compiled_flops(fn_xla.lower(*args_xla).compile())
     assert counted == xla
     assert blind < 0.1 * counted  # the convolutions are nearly all of a DCGAN step's FLOPs
-    assert onednn.enabled()  # restored
 
 
-def test_enable_reports_unavailability(monkeypatch, tmp_path):
-    """Without oneDNN (here: a root holding nothing), enable() says no and why; nothing breaks."""
-    saved = dict(onednn._state)
+def test_unavailable_onednn_is_reported_and_not_chosen(monkeypatch, tmp_path):
+    """Without oneDNN (here: a root holding nothing), use_onednn() says no and why, the layers
+    chosen for a CPU program are XLA's, and asking for oneDNN explicitly raises with the reason."""
+    from jaxgan import cpu
+
     monkeypatch.setenv("JAXGAN_ONEDNN_ROOT", str(tmp_path))
-    onednn._state.update(loaded=False, error=None, enabled=False)
-    try:
-        assert not onednn.enable(True)
-        assert not onednn.enabled()
-        assert "not found under" in onednn.unavailable_reason()
-        assert "jaxgan[onednn]" in onednn.unavailable_reason()
-        u, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
-        assert "jaxgan_conv" not in jax.jit(lambda u, w: conv_lib.conv(u, w, (1, 1), ((1, 1), (1, 1)), (1, 1))).lower(
-            u, w).as_text()
-    finally:
-        onednn._state.clear()
-        onednn._state.update(saved)
+    monkeypatch.setattr(onednn, "_state", {"loaded": False, "error": None})
+    assert not cpu.use_onednn(True)
+    assert not cpu.onednn_in_use() and cpu.layers() == "cpu"
+    assert "not found under" in onednn.unavailable_reason()
+    assert "jaxgan[onednn]" in onednn.unavailable_reason()
+    u, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(onednn.OneDNNUnavailable, match="not found under"):
+        jax.jit(lambda u, w: conv_lib.conv(u, w, (1, 1), ((1, 1), (1, 1)), (1, 1), None, True)).lower(u, w)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jaxgan import cpu, runner
-from jaxgan.nets import onednn
 from jaxgan.runner import round_batches, train_chunk, train_chunk_fed
 from tests.conftest import require_onednn
 from tests.helpers import host_leaves, tiny_run
@@ -30,19 +29,22 @@ def assert_same(a, b, unroll=1):
 @pytest.mark.parametrize("d_steps,unroll,images", [(1, 1, False), (2, 2, False), (1, 1, True)])
 def test_a_chunk_is_its_rounds_one_by_one(d_steps, unroll, images):
     """Round t of a chunk trains on round t's batch (the chunk draws each round's batch one
-    round ahead and carries it, or, for images with the native draws and oneDNN on, in its
-    round) and its metrics land under their own names (they travel as one packed vector per
-    round), however many rounds one loop iteration runs (5 rounds at 2 per iteration leave one
-    outside the loop)."""
+    round ahead and carries it, or, as jaxgan.cpu.draw_in_round says for images with the native
+    draws and oneDNN in use, in its round) and its metrics land under their own names (they
+    travel as one packed vector per round), however many rounds one loop iteration runs (5
+    rounds at 2 per iteration leave one outside the loop)."""
     run = tiny_run(d_steps=d_steps, **({"dataset": "random:4x4x1"} if images else {}))
     gan, source, rounds = run.gan, run.source, 5
     state = run.init_state()
+    assert not cpu.draw_in_round(source)
     if images:
         require_onednn()
         assert cpu.use_native_random(True), cpu.native_random_unavailable_reason()
-        assert onednn.enable(True)
-    assert runner._draw_in_round(gan, source, state, 16) == images
-    chunk_state, metrics = jax.jit(lambda s: train_chunk(gan, source, s, 16, rounds, unroll=unroll))(state)
+        assert cpu.use_onednn(True)
+    draw_in_round = cpu.draw_in_round(source)
+    assert draw_in_round == images
+    chunk = jax.jit(lambda s: train_chunk(gan, source, s, 16, rounds, unroll=unroll, draw_in_round=draw_in_round))
+    chunk_state, metrics = chunk(state)
 
     step = jax.jit(lambda s: gan.train_step(s, round_batches(gan, source, s, 16)))
     s, expected = state, []

@@ -19,28 +19,30 @@ batch norm, Miyato et al. 2018, sec. 2.1; its power-iteration vectors are model 
 only in D's own updates like batch statistics) or ``'none'``; and ``axis_name`` for
 cross-device ("sync") batch norm: under ``pmap``/``shard_map`` each batch-norm layer then
 normalises with the statistics of the global batch (``BatchNorm(axis_name=...)``), so n
-devices with B/n examples each compute what one device computes with B. The batch norm is
-:class:`jaxgan.nets.BatchNorm`, flax's layer with its per-channel sums as matrix-vector products
-(faster on CPU; same variables).
+devices with B/n examples each compute what one device computes with B.
+
+``layers`` picks the convolution, transposed convolution and batch-norm layers: flax's
+(``"flax"``), or the drop-ins of :mod:`jaxgan.cpu` made for XLA's CPU backend (``"cpu"``; with
+oneDNN's convolutions, ``"onednn"``). All three have the same parameters and variables and
+compute the same function; :func:`jaxgan.build.default_layers` picks one for the backend.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgan.nets import conv as conv_lib
 from jaxgan.nets.adapters import Network, from_linen
-from jaxgan.nets.batch_norm import BatchNorm
-from jaxgan.nets.conv_transpose import ConvTranspose
 from jaxgan.nets.mbstd import MinibatchStd
 
 Array = jax.Array
 
 NORMS = ("batch", "spectral", "none")
+LAYERS = ("flax", "cpu", "onednn")
 
 # PyTorch example's weights_init: Conv* weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02).
 conv_init = nn.initializers.normal(stddev=0.02)
@@ -64,11 +66,35 @@ def layout(image_size: int) -> tuple[int, int]:
     return s0, n
 
 
-def _batch_norm(train: bool, axis_name: str | None, name: str | None = None) -> BatchNorm:
-    return BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,
-        axis_name=axis_name if train else None, name=name,
-    )
+def _check_layers(layers: str) -> None:
+    if layers not in LAYERS:
+        raise ValueError(f"layers={layers!r}: choose one of {', '.join(LAYERS)}")
+
+
+def _batch_norm(layers: str, train: bool, axis_name: str | None) -> nn.Module:
+    if layers == "flax":
+        cls = nn.BatchNorm
+    else:
+        from jaxgan.cpu.batch_norm import BatchNorm as cls
+    return cls(use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,
+               axis_name=axis_name if train else None)
+
+
+def _conv_transpose(layers: str, *args, **kwargs) -> nn.Module:
+    if layers == "flax":
+        return nn.ConvTranspose(*args, **kwargs)
+    from jaxgan.cpu.conv_transpose import ConvTranspose
+
+    return ConvTranspose(*args, onednn=layers == "onednn", **kwargs)
+
+
+def _conv_function(layers: str):
+    """``nn.Conv``'s ``conv_general_dilated`` for ``layers`` (None: lax's)."""
+    if layers == "flax":
+        return None
+    from jaxgan.cpu.conv import conv_general_dilated
+
+    return functools.partial(conv_general_dilated, onednn=layers == "onednn")
 
 
 class DCGANGenerator(nn.Module):
@@ -78,21 +104,24 @@ class DCGANGenerator(nn.Module):
     channels: int = 3
     width: int = 64
     axis_name: str | None = None
-    fast_conv: bool = True  # jaxgan.nets.ConvTranspose (False: flax.linen.ConvTranspose)
+    layers: str = "flax"  # one of LAYERS (see the module docstring)
 
     @nn.compact
     def __call__(self, z: Array, train: bool = False) -> Array:
         s0, n = layout(self.image_size)
-        conv_t = ConvTranspose if self.fast_conv else nn.ConvTranspose
+        _check_layers(self.layers)
+
+        def conv_t(*args, **kwargs):
+            return _conv_transpose(self.layers, *args, use_bias=False, kernel_init=conv_init, **kwargs)
+
         h = z.reshape(z.shape[0], 1, 1, -1)
-        h = conv_t(self.width * 2 ** (n - 1), (s0, s0), padding="VALID", use_bias=False, kernel_init=conv_init)(h)
-        h = nn.relu(_batch_norm(train, self.axis_name)(h))
+        h = conv_t(self.width * 2 ** (n - 1), (s0, s0), padding="VALID")(h)
+        h = nn.relu(_batch_norm(self.layers, train, self.axis_name)(h))
         for i in range(1, n):
             # k4 s2 'SAME' pads the dilated input by (2, 2): PyTorch's ConvTranspose2d(4, 2, 1).
-            h = conv_t(self.width * 2 ** (n - 1 - i), (4, 4), (2, 2), padding="SAME", use_bias=False,
-                       kernel_init=conv_init)(h)
-            h = nn.relu(_batch_norm(train, self.axis_name)(h))
-        h = conv_t(self.channels, (4, 4), (2, 2), padding="SAME", use_bias=False, kernel_init=conv_init)(h)
+            h = conv_t(self.width * 2 ** (n - 1 - i), (4, 4), (2, 2), padding="SAME")(h)
+            h = nn.relu(_batch_norm(self.layers, train, self.axis_name)(h))
+        h = conv_t(self.channels, (4, 4), (2, 2), padding="SAME")(h)
         return jnp.tanh(h)
 
 
@@ -104,13 +133,14 @@ class DCGANDiscriminator(nn.Module):
     norm: str = "batch"
     dropout: float = 0.0
     axis_name: str | None = None
-    fast_conv: bool = True  # convolutions with canonical gradients (jaxgan.nets.conv)
+    layers: str = "flax"  # one of LAYERS (see the module docstring)
     mbstd: bool = False  # minibatch standard deviation as one more channel before the last layer
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         if self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r}: choose one of {', '.join(NORMS)}")
+        _check_layers(self.layers)
         s0, n = layout(self.image_size)
         if x.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(
@@ -119,9 +149,8 @@ class DCGANDiscriminator(nn.Module):
         use_bias = self.norm != "batch"
 
         def conv(features, kernel, strides, padding):
-            fast = conv_lib.conv_general_dilated if self.fast_conv else None
             layer = nn.Conv(features, kernel, strides, padding=padding, use_bias=use_bias, kernel_init=conv_init,
-                            conv_general_dilated=fast)
+                            conv_general_dilated=_conv_function(self.layers))
             if self.norm == "spectral":
                 return lambda h: nn.SpectralNorm(layer)(h, update_stats=train)
             return layer
@@ -130,7 +159,7 @@ class DCGANDiscriminator(nn.Module):
         for i in range(n):
             h = conv(self.width * 2**i, (4, 4), (2, 2), ((1, 1), (1, 1)))(h)
             if i > 0 and self.norm == "batch":  # DCGAN: no batch norm on D's input layer
-                h = _batch_norm(train, self.axis_name)(h)
+                h = _batch_norm(self.layers, train, self.axis_name)(h)
             h = nn.leaky_relu(h, 0.2)
             if self.dropout > 0.0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -150,9 +179,10 @@ def dcgan_pair(
     d_dropout: float = 0.0,
     d_mbstd: bool = False,
     axis_name: str | None = None,
-    fast_conv: bool = True,
+    layers: str = "flax",
 ) -> tuple[Network, Network]:
-    """The DCGAN generator and discriminator for images ``[H, W, C]`` (H = W) as Networks."""
+    """The DCGAN generator and discriminator for images ``[H, W, C]`` (H = W) as Networks, with
+    ``layers`` (one of :data:`LAYERS`; see the module docstring)."""
     if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
         raise ValueError(
             f"DCGAN needs square images [size, size, channels], got example shape {tuple(image_shape)}: "
@@ -162,7 +192,8 @@ def dcgan_pair(
     layout(size)
     if d_norm not in NORMS:
         raise ValueError(f"d_norm={d_norm!r}: choose one of {', '.join(NORMS)}")
-    g = DCGANGenerator(image_size=size, channels=channels, width=g_width, axis_name=axis_name, fast_conv=fast_conv)
+    _check_layers(layers)
+    g = DCGANGenerator(image_size=size, channels=channels, width=g_width, axis_name=axis_name, layers=layers)
     d = DCGANDiscriminator(image_size=size, width=d_width, norm=d_norm, dropout=d_dropout, axis_name=axis_name,
-                           fast_conv=fast_conv, mbstd=d_mbstd)
+                           layers=layers, mbstd=d_mbstd)
     return from_linen(g, latent_dim=latent_dim), from_linen(d)

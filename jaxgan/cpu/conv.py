@@ -1,14 +1,11 @@
 """Strided convolution and its two gradients as three mutually adjoint functions, each emitted
 as a *canonical* convolution (channels-last input, ``HWIO`` kernel).
 
-Why: XLA's CPU backend runs a convolution on its fast (Eigen/YNNPACK) path only when the
-convolution is canonical, and it canonicalises only the convolutions of the entry computation
-(``ConvCanonicalization`` walks ``module->entry_computation()``). JAX's transpose rules emit
-the weight gradient with batch and feature swapped (``f01b_i01o->01bf``) and the input gradient
-with an ``OI``-ordered kernel; inside a ``lax.scan`` / ``while`` body (every jaxgan training
-chunk, and ``GAN.train_step`` itself) those stay non-canonical and fall to a naive loop nest.
-Measured here (64x16x16x128 -> 8x8x256, k=4, s=2): the weight gradient took 42 s inside a
-scan vs 0.43 s outside; written canonically it is as fast inside as outside.
+Why: XLA's CPU backend runs a convolution on its fast path only when the convolution is
+canonical, and it canonicalises only the convolutions of the entry computation. JAX's transpose
+rules emit the weight gradient with batch and feature swapped and the input gradient with an
+``OI``-ordered kernel; inside a ``lax.scan`` / ``while`` body (every training chunk) those stay
+non-canonical and fall to a naive loop nest.
 
 With ``C`` the strided convolution ``z = C_W(u)``:
 
@@ -17,9 +14,8 @@ With ``C`` the strided convolution ``z = C_W(u)``:
   as stride-1 convolutions over the space-to-depth form, without the zeros lax inserts)
 * :func:`conv_weight_grad` ``(u, g) -> d<g, C_W(u)>/dW``
 
-On the CPU, after :func:`jaxgan.nets.onednn.enable` (``jaxgan.cpu.tune`` calls it when oneDNN is
-installed), the three run as oneDNN's convolution primitives for 2-D float32 inputs
-(:mod:`jaxgan.nets.onednn`); programs compiled for other platforms keep the forms above.
+With ``onednn=True`` the three are oneDNN's primitives (:mod:`jaxgan.cpu.onednn`) for 2-D float32
+inputs, and a strided transposed convolution is oneDNN's in one call.
 
 Each is linear in each argument and the derivatives of each are the others, so every
 ``custom_vjp`` below is closed under differentiation: gradients of any order (gradient penalties,
@@ -41,8 +37,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxgan.nets import onednn
-
 Array = jax.Array
 Pads = tuple[tuple[int, int], ...]
 
@@ -62,19 +56,19 @@ def flip_swap(w: Array) -> Array:
     return jnp.flip(w, tuple(range(w.ndim - 2))).swapaxes(-1, -2)
 
 
-def _forward(u, w, strides, pads, dilation, precision):
+def _forward(u, w, strides, pads, dilation, precision, onednn):
     def xla(u, w):
         return lax.conv_general_dilated(
             u, w, strides, pads, rhs_dilation=dilation, dimension_numbers=dimension_numbers(u.ndim - 2),
             precision=precision,
         )
 
-    if onednn.eligible(u, w, pads=pads):
-        return onednn.forward(u, w, strides, pads, dilation, xla)
+    if onednn and _onednn().eligible(u, w, pads=pads):
+        return _onednn().forward(u, w, strides, pads, dilation)
     return xla(u, w)
 
 
-def _input_grad(g, w, in_spatial, strides, pads, dilation, precision):
+def _input_grad(g, w, in_spatial, strides, pads, dilation, precision, onednn):
     def xla(g, w):
         span = [d * (k - 1) for k, d in zip(w.shape[:-2], dilation, strict=True)]
         grad_pads = []
@@ -87,12 +81,12 @@ def _input_grad(g, w, in_spatial, strides, pads, dilation, precision):
             dimension_numbers=dimension_numbers(g.ndim - 2), precision=precision,
         )
 
-    if onednn.eligible(g, w, pads=pads):
-        return onednn.backward_data(g, w, in_spatial, strides, pads, dilation, xla)
+    if onednn and _onednn().eligible(g, w, pads=pads):
+        return _onednn().backward_data(g, w, in_spatial, strides, pads, dilation)
     return xla(g, w)
 
 
-def _weight_grad(u, g, k_spatial, strides, pads, dilation, precision):
+def _weight_grad(u, g, k_spatial, strides, pads, dilation, precision, onednn):
     def xla(u, g):
         n = u.ndim - 2
         grad_pads = []
@@ -108,75 +102,83 @@ def _weight_grad(u, g, k_spatial, strides, pads, dilation, precision):
         )  # [C_in, *k, C_out]
         return jnp.moveaxis(out, 0, n)
 
-    if onednn.eligible(u, g, pads=pads):
-        return onednn.backward_weights(u, g, k_spatial, strides, pads, dilation, xla)
+    if onednn and _onednn().eligible(u, g, pads=pads):
+        return _onednn().backward_weights(u, g, k_spatial, strides, pads, dilation)
     return xla(u, g)
 
 
-# Static arguments: strides, pads, dilation, precision (and a spatial shape for the gradients).
+def _onednn():
+    from jaxgan.cpu import onednn
+
+    return onednn
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv(u: Array, w: Array, strides, pads, dilation, precision=None) -> Array:
+# Static arguments: strides, pads, dilation, precision, onednn (and a spatial shape for the gradients).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def conv(u: Array, w: Array, strides, pads, dilation, precision=None, onednn: bool = False) -> Array:
     """``z = C_W(u)``: strided convolution, explicit ``pads``."""
-    return _forward(u, w, strides, pads, dilation, precision)
+    return _forward(u, w, strides, pads, dilation, precision, onednn)
 
 
-def _conv_fwd(u, w, strides, pads, dilation, precision):
-    return conv(u, w, strides, pads, dilation, precision), (u, w)
+def _conv_fwd(u, w, strides, pads, dilation, precision, onednn):
+    return conv(u, w, strides, pads, dilation, precision, onednn), (u, w)
 
 
-def _conv_bwd(strides, pads, dilation, precision, res, g):
+def _conv_bwd(strides, pads, dilation, precision, onednn, res, g):
     u, w = res
     g = g.astype(u.dtype)
-    du = conv_input_grad(g, w, u.shape[1:-1], strides, pads, dilation, precision)
-    dw = conv_weight_grad(u, g, w.shape[:-2], strides, pads, dilation, precision)
+    du = conv_input_grad(g, w, u.shape[1:-1], strides, pads, dilation, precision, onednn=onednn)
+    dw = conv_weight_grad(u, g, w.shape[:-2], strides, pads, dilation, precision, onednn)
     return du, dw.astype(w.dtype)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, precision=None) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, precision=None,
+                     onednn: bool = False) -> Array:
     """``C_W^T g``: the gradient of :func:`conv` with respect to its input (``in_spatial`` is
     the input's spatial shape). This is a transposed convolution."""
-    return _input_grad(g, w, in_spatial, strides, pads, dilation, precision)
+    return _input_grad(g, w, in_spatial, strides, pads, dilation, precision, onednn)
 
 
-def _input_grad_fwd(g, w, in_spatial, strides, pads, dilation, precision):
-    return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision), (g, w)
+def _input_grad_fwd(g, w, in_spatial, strides, pads, dilation, precision, onednn):
+    return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision, onednn), (g, w)
 
 
-def _input_grad_bwd(in_spatial, strides, pads, dilation, precision, res, c):
+def _input_grad_bwd(in_spatial, strides, pads, dilation, precision, onednn, res, c):
     g, w = res
     c = c.astype(g.dtype)
     # <c, C_W^T g> = <C_W c, g>: linear in g with adjoint C_W, and in W with the weight gradient.
-    dg = conv(c, w, strides, pads, dilation, precision)
-    dw = conv_weight_grad(c, g, w.shape[:-2], strides, pads, dilation, precision)
+    dg = conv(c, w, strides, pads, dilation, precision, onednn)
+    dw = conv_weight_grad(c, g, w.shape[:-2], strides, pads, dilation, precision, onednn)
     return dg, dw.astype(w.dtype)
 
 
 _conv_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def conv_weight_grad(u: Array, g: Array, k_spatial, strides, pads, dilation, precision=None) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def conv_weight_grad(u: Array, g: Array, k_spatial, strides, pads, dilation, precision=None,
+                     onednn: bool = False) -> Array:
     """``d<g, C_W(u)>/dW`` ``[*k, C_in, C_out]``: the gradient of :func:`conv` with respect to
     its kernel, at input ``u`` and output cotangent ``g``."""
-    return _weight_grad(u, g, k_spatial, strides, pads, dilation, precision)
+    return _weight_grad(u, g, k_spatial, strides, pads, dilation, precision, onednn)
 
 
-def _weight_grad_fwd(u, g, k_spatial, strides, pads, dilation, precision):
-    return conv_weight_grad(u, g, k_spatial, strides, pads, dilation, precision), (u, g)
+def _weight_grad_fwd(u, g, k_spatial, strides, pads, dilation, precision, onednn):
+    return conv_weight_grad(u, g, k_spatial, strides, pads, dilation, precision, onednn), (u, g)
 
 
-def _weight_grad_bwd(k_spatial, strides, pads, dilation, precision, res, c):
+def _weight_grad_bwd(k_spatial, strides, pads, dilation, precision, onednn, res, c):
     u, g = res
     c = c.astype(u.dtype)
     # <c, dW(u, g)> = <C_c(u), g> = <u, C_c^T g>.
-    du = conv_input_grad(g, c, u.shape[1:-1], strides, pads, dilation, precision)
-    dg = conv(u, c, strides, pads, dilation, precision)
+    du = conv_input_grad(g, c, u.shape[1:-1], strides, pads, dilation, precision, onednn=onednn)
+    dg = conv(u, c, strides, pads, dilation, precision, onednn)
     return du, dg
 
 
@@ -189,10 +191,9 @@ conv_weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
 #     z[m] = sum_t u_pad[s*m + t] W[t] = sum_q sum_r u_pad[s*(m + q) + r] W[s*q + r]:
 # a stride-1 convolution over blocks, with the phases in the channel axis and a K-tap kernel
 # (taps beyond k are zero). Its transpose, C_W^T g, is then a stride-1 transposed convolution,
-# which multiplies no inserted zeros. lax's form convolves the input dilated by the stride, s**d
-# multiply-adds per useful one: for DCGAN-64's 16x16x128 -> 32x32x64 layer (batch 64) 70.9 ms
-# here, 27.4 ms this way. (The forward strided convolution and its weight gradient stay in lax's
-# form: their space-to-depth versions were no faster and the step spent more on the layout copies.)
+# which multiplies no inserted zeros; lax's form convolves the input dilated by the stride, s**d
+# multiply-adds per useful one. (The forward strided convolution and its weight gradient stay in
+# lax's form: their space-to-depth versions were no faster.)
 
 
 def _phase_layout(in_spatial, k_spatial, strides, pads) -> tuple[tuple[int, ...], Pads]:
@@ -237,8 +238,8 @@ def _kernel_to_phases(w: Array, strides, taps) -> Array:
     return w.transpose(perm).reshape(*taps, -1, w.shape[-1])
 
 
-# Measured here (batch 64, k=4, s=2, Eigen): per-phase convolutions took 5.0 ms vs 1.5 ms for
-# the blocks form with 3 output channels (32x32 images), 6.4 ms vs 7.7 ms with 64 (16x16).
+# Input channels from which one convolution per phase beats the blocks form (an image layer's few
+# channels make per-phase convolutions that run far below the kernels' peak).
 SUBPIXEL_MIN_CHANNELS = 16
 
 
@@ -263,7 +264,7 @@ def _phase_kernels(w: Array, strides, taps, transposed: bool) -> Array:
 
 
 def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, precision=None, *,
-                    transposed_kernel: bool = False) -> Array:
+                    transposed_kernel: bool = False, onednn: bool = False) -> Array:
     """``C_W^T g``: the gradient of :func:`conv` with respect to its input (``in_spatial`` is
     the input's spatial shape). This is a transposed convolution. With ``transposed_kernel``,
     ``w`` is ``flip_swap(W)``: the transposed convolution's own ``[*k, C_in, C_out]`` kernel
@@ -274,27 +275,20 @@ def conv_input_grad(g: Array, w: Array, in_spatial, strides, pads, dilation, pre
     convolution), each computing exactly its phase's input positions, interleaved; with fewer
     (an image layer), one stride-1 convolution for all phases' blocks, whose positions in the
     padding are then cut. The first wastes nothing; the second makes one wide convolution
-    instead of several of a few channels each, which run far below the kernels' peak."""
+    instead of several of a few channels each. With ``onednn`` and at least
+    :data:`SUBPIXEL_MIN_CHANNELS` input channels, it is oneDNN's transposed convolution instead,
+    one call (faster than the sub-pixel form there)."""
     in_spatial = tuple(in_spatial)
     c_in = w.shape[-1] if transposed_kernel else w.shape[-2]
-    if not _phased(strides, dilation):
+    direct = not _phased(strides, dilation) or (
+        onednn and c_in >= SUBPIXEL_MIN_CHANNELS and _onednn().eligible(g, w, pads=pads))
+    if direct:
         w = flip_swap(w) if transposed_kernel else w
-        return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
-    if c_in >= SUBPIXEL_MIN_CHANNELS and onednn.eligible(g, w, pads=pads):
-        # oneDNN's own transposed convolution on the CPU (faster there than the sub-pixel form
-        # with XLA's kernels); the sub-pixel form elsewhere.
-        def direct(g, w):
-            w = flip_swap(w) if transposed_kernel else w
-            return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision)
-
-        def subpixel(g, w):
-            return _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel)
-
-        return lax.platform_dependent(g, w, cpu=direct, default=subpixel)
-    return _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel)
+        return _conv_input_grad(g, w, in_spatial, strides, pads, dilation, precision, onednn)
+    return _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel, onednn)
 
 
-def _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel):
+def _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_kernel, onednn):
     """:func:`conv_input_grad` for strides > 1 without dilation, in the space-to-depth forms."""
     n = len(strides)
     one = (1,) * n
@@ -304,7 +298,7 @@ def _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_
         w = flip_swap(w) if transposed_kernel else w  # the blocks form takes W itself
         wp = _kernel_to_phases(w, strides, taps)  # [*K, prod(s) * C_in, C_out]
         blocks = tuple((h + lo + hi) // s for h, s, (lo, hi) in zip(in_spatial, strides, phase_pads, strict=True))
-        y = _conv_input_grad(g, wp, blocks, one, ((0, 0),) * n, one, precision)
+        y = _conv_input_grad(g, wp, blocks, one, ((0, 0),) * n, one, precision, onednn)
         return _from_phases(y, strides, phase_pads)
     pk = _phase_kernels(w, strides, taps, transposed_kernel)  # [prod(s), *K, C_out, C_in]
     # Along one dimension, input position x sits at padded position x + lo = s*b + r: phase r,
@@ -326,7 +320,7 @@ def _subpixel_input_grad(g, w, in_spatial, strides, pads, precision, transposed_
         phase = 0
         for (r, _, _), s in zip(combo, strides, strict=True):
             phase = phase * s + r
-        y = conv(g, pk[phase], one, tuple(p for _, _, p in combo), one, precision)
+        y = conv(g, pk[phase], one, tuple(p for _, _, p in combo), one, precision, onednn)
         outs.append(lax.pad(y, jnp.zeros((), y.dtype),
                             ((0, 0, 0), *((0, full - c, 0) for (_, c, _), full in zip(combo, size, strict=True)),
                              (0, 0, 0))))
@@ -359,10 +353,13 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
+    *,
+    onednn: bool = False,
 ) -> Array:
     """``lax.conv_general_dilated`` with canonical gradients (see module docstring) for
-    channels-last convolutions without input dilation or groups; anything else goes to lax.
-    Pass it to flax: ``nn.Conv(..., conv_general_dilated=jaxgan.nets.conv.conv_general_dilated)``."""
+    channels-last convolutions without input dilation or groups, oneDNN's with ``onednn``;
+    anything else goes to lax. Pass it to flax:
+    ``nn.Conv(..., conv_general_dilated=jaxgan.cpu.conv.conv_general_dilated)``."""
     n = lhs.ndim - 2
     one = (1,) * n
     fast = (
@@ -385,4 +382,4 @@ def conv_general_dilated(
         pads = tuple(lax.padtype_to_pads(lhs.shape[1:-1], k_eff, strides, padding))
     else:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return conv(lhs, rhs, strides, pads, dilation, precision)
+    return conv(lhs, rhs, strides, pads, dilation, precision, onednn)

@@ -1,4 +1,4 @@
-// oneDNN 2-D convolutions as XLA FFI handlers for JAX's CPU backend (jaxgan.nets.onednn builds
+// oneDNN 2-D convolutions as XLA FFI handlers for JAX's CPU backend (jaxgan.cpu.onednn builds
 // and registers them). Activations NHWC, kernels HWIO (flax's layouts), float32. Three handlers,
 // the three products of a convolution z = C_W(u):
 //   jaxgan_conv_forward           (u, W) -> z

@@ -1,5 +1,5 @@
 // The per-example draws of jaxgan.keys as XLA FFI handlers for JAX's CPU backend
-// (jaxgan.cpu.use_native_random builds and registers them).
+// (jaxgan.cpu.draws builds them and registers them as lowerings of jaxgan.keys' row draws).
 //
 //   jaxgan_threefry_rows(key u32[..., 2], ids u32[..., n]) -> bits u32[..., n, m]
 //   jaxgan_threefry_normal(key u32[..., 2], ids u32[..., n]) -> z f32[..., n, m]

@@ -1,26 +1,21 @@
 """oneDNN convolutions for JAX's CPU backend, through ``jax.ffi``.
 
-XLA's CPU backend runs convolutions with Eigen (or YNNPACK); on this project's 2-core AMD EPYC
-they reach 150-195 GFLOP/s on DCGAN's strided layers, where oneDNN (Intel's library, the one
-PyTorch uses on CPU) reaches 215-240 (``benchmarks/README.md``). This module compiles a small C++
-file (``csrc/onednn_conv.cc``: three XLA FFI handlers, forward / input gradient / kernel gradient)
+oneDNN (Intel's library, the one PyTorch uses on CPU) runs DCGAN's strided convolutions and their
+gradients faster than XLA's CPU kernels. This module compiles a small C++ file
+(``csrc/onednn_conv.cc``: three XLA FFI handlers, forward / input gradient / kernel gradient)
 against an installed oneDNN on first use, registers the handlers for the ``cpu`` platform, and
-offers the three products to :mod:`jaxgan.nets.conv`, which uses them when :func:`enable` has
-been called (``jaxgan.cpu.tune`` does, if oneDNN is available) and the convolution is 2-D,
-float32, with non-negative padding. Each call goes through ``lax.platform_dependent``, so a
-program compiled for a GPU or TPU keeps XLA's own convolution; values agree with XLA's to float
-rounding (tests/test_onednn.py).
+offers the three products to :mod:`jaxgan.cpu.conv`, which calls them where it is asked to
+(``onednn=True``) for 2-D float32 convolutions with non-negative padding.
 
 oneDNN comes from PyPI: ``pip install "jaxgan[onednn]"`` (the ``onednn-cpu-gomp`` library and the
 ``onednn-devel-cpu-gomp`` headers, x86-64 Linux), and a C++17 compiler (``c++``, or ``$CXX``).
-The compiled library is cached under ``$JAXGAN_CACHE_DIR`` (default
-``~/.cache/jaxgan``), keyed by the source, jaxlib's version and the oneDNN found;
-``$JAXGAN_ONEDNN_ROOT`` names another oneDNN install (a directory with ``include/`` and ``lib/``).
+The compiled library is cached under ``$JAXGAN_CACHE_DIR`` (default ``~/.cache/jaxgan``), keyed
+by the source, jaxlib's version and the oneDNN found; ``$JAXGAN_ONEDNN_ROOT`` names another
+oneDNN install (a directory with ``include/`` and ``lib/``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import sys
@@ -30,9 +25,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from jaxgan import native
+from jaxgan.cpu import native
 
 Array = jax.Array
 
@@ -45,7 +39,7 @@ TARGETS = {
 }
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "error": None, "enabled": False}
+_state: dict = {"loaded": False, "error": None}
 
 
 class OneDNNUnavailable(RuntimeError):
@@ -110,36 +104,9 @@ def unavailable_reason() -> str | None:
     return _state["error"]
 
 
-def enable(on: bool = True) -> bool:
-    """Route eligible convolutions of programs traced from now on to oneDNN (or, ``on=False``, back
-    to XLA's). Returns whether they are on (False if oneDNN is unavailable: see
-    :func:`unavailable_reason`). Functions jitted before keep what they were traced with."""
-    _state["enabled"] = bool(on) and available()
-    return _state["enabled"]
-
-
-def enabled() -> bool:
-    """Whether convolutions traced now go to oneDNN (on the CPU)."""
-    return _state["enabled"]
-
-
-@contextlib.contextmanager
-def disabled():
-    """XLA's own convolutions for what is traced inside (e.g. for XLA's cost analysis, to which
-    the oneDNN calls are opaque)."""
-    was = _state["enabled"]
-    _state["enabled"] = False
-    try:
-        yield
-    finally:
-        _state["enabled"] = was
-
-
 def eligible(*arrays: Array, pads=None) -> bool:
-    """Whether a convolution on these arrays goes to oneDNN: enabled, 2-D (rank-4 NHWC / HWIO),
-    all float32, and ``pads`` non-negative."""
-    if not _state["enabled"]:
-        return False
+    """Whether oneDNN takes a convolution on these arrays: 2-D (rank-4 NHWC / HWIO), all float32,
+    and ``pads`` non-negative."""
     if any(a.ndim != 4 or a.dtype != jnp.float32 for a in arrays):
         return False
     return pads is None or all(lo >= 0 and hi >= 0 for lo, hi in pads)
@@ -153,30 +120,30 @@ def _attrs(strides, pads, dilation) -> dict:
     }
 
 
-def _call(target: str, shape, fallback, *args, strides, pads, dilation) -> Array:
+def _call(target: str, shape, *args, strides, pads, dilation) -> Array:
+    load()
     out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
     ffi = jax.ffi.ffi_call(target, out, vmap_method="sequential")
-    attrs = _attrs(strides, pads, dilation)
-    return lax.platform_dependent(*args, cpu=lambda *a: ffi(*a, **attrs), default=fallback)
+    return ffi(*args, **_attrs(strides, pads, dilation))
 
 
-def forward(u: Array, w: Array, strides, pads, dilation, fallback) -> Array:
-    """``C_W(u)``: ``u [N, H, W, C]``, ``w [KH, KW, C, O]``; ``fallback(u, w)`` off the CPU."""
+def forward(u: Array, w: Array, strides, pads, dilation) -> Array:
+    """``C_W(u)``: ``u [N, H, W, C]``, ``w [KH, KW, C, O]``."""
     spatial = [
         (h + lo + hi - (d * (k - 1) + 1)) // s + 1
         for h, k, s, (lo, hi), d in zip(u.shape[1:3], w.shape[:2], strides, pads, dilation, strict=True)
     ]
-    return _call("jaxgan_conv_forward", (u.shape[0], *spatial, w.shape[3]), fallback, u, w, strides=strides,
+    return _call("jaxgan_conv_forward", (u.shape[0], *spatial, w.shape[3]), u, w, strides=strides, pads=pads,
+                 dilation=dilation)
+
+
+def backward_data(g: Array, w: Array, in_spatial, strides, pads, dilation) -> Array:
+    """``C_W^T g`` ``[N, *in_spatial, C]``."""
+    return _call("jaxgan_conv_backward_data", (g.shape[0], *in_spatial, w.shape[2]), g, w, strides=strides,
                  pads=pads, dilation=dilation)
 
 
-def backward_data(g: Array, w: Array, in_spatial, strides, pads, dilation, fallback) -> Array:
-    """``C_W^T g`` ``[N, *in_spatial, C]``; ``fallback(g, w)`` off the CPU."""
-    return _call("jaxgan_conv_backward_data", (g.shape[0], *in_spatial, w.shape[2]), fallback, g, w,
-                 strides=strides, pads=pads, dilation=dilation)
-
-
-def backward_weights(u: Array, g: Array, k_spatial, strides, pads, dilation, fallback) -> Array:
-    """``d<g, C_W(u)>/dW`` ``[*k_spatial, C, O]``; ``fallback(u, g)`` off the CPU."""
-    return _call("jaxgan_conv_backward_weights", (*k_spatial, u.shape[3], g.shape[3]), fallback, u, g,
-                 strides=strides, pads=pads, dilation=dilation)
+def backward_weights(u: Array, g: Array, k_spatial, strides, pads, dilation) -> Array:
+    """``d<g, C_W(u)>/dW`` ``[*k_spatial, C, O]``."""
+    return _call("jaxgan_conv_backward_weights", (*k_spatial, u.shape[3], g.shape[3]), u, g, strides=strides,
+                 pads=pads, dilation=dilation)

@@ -2,18 +2,9 @@
 
 A batch-norm layer sums over every axis but the channels: the mean and mean square going
 forward, and going backward the sums of the cotangent and of the cotangent times the centred
-input. ``flax.linen.BatchNorm`` writes them as reductions, which XLA's CPU backend splits into
-a ``reduce-window`` over 32-wide windows that it emits element by element, one channel at a time
-(strided reads, no vector lanes across channels). Written as ``ones[M] @ x[M, C]`` the same sum
-is a matrix-vector product, vectorised and threaded. Measured here (2-core CPU, float32):
-
-=====================  ===========  =======
-activation             reduction    product
-=====================  ===========  =======
-64 x 32 x 32 x 64      2.52 ms      0.96 ms
-64 x 16 x 16 x 128     1.74 ms      0.22 ms
-64 x 8 x 8 x 256       1.04 ms      0.12 ms
-=====================  ===========  =======
+input. ``flax.linen.BatchNorm`` writes them as reductions, which XLA's CPU backend emits element
+by element, one channel at a time. Written as ``ones[M] @ x[M, C]`` the same sum is a
+matrix-vector product, vectorised and threaded.
 
 :func:`channel_sum` and :func:`broadcast_rows` are each other's transposes (``custom_vjp``), so
 the backward pass's sums are products too, to any order of differentiation. :class:`BatchNorm`

@@ -1,10 +1,9 @@
 """A transposed convolution whose gradients are ordinary (fast) convolutions.
 
 ``flax.linen.ConvTranspose`` calls ``lax.conv_transpose``: a convolution of the input dilated by
-the stride (``lhs_dilation``). Its gradient with respect to the kernel is then a convolution
-with *both* operands dilated, which XLA lowers to a very slow path on CPU (measured here, layer
-64x8x8x256 -> 16x16x128, k=4, s=2: about 30x PyTorch's whole forward+backward; upstream:
-jax-ml/jax#23783, #31662, openxla/xla#34273).
+the stride. Its gradient with respect to the kernel is then a convolution with *both* operands
+dilated, which XLA lowers to a very slow path on CPU (jax-ml/jax#23783, #31662,
+openxla/xla#34273).
 
 A transposed convolution is exactly the input-gradient (the adjoint) of a strided convolution
 ``C`` (Dumoulin & Visin 2016, "A guide to convolution arithmetic", sec. 4). With
@@ -14,18 +13,17 @@ A transposed convolution is exactly the input-gradient (the adjoint) of a stride
 * ``dL/dK``: since ``<g, C^T x> = <C g, x>``, it is the *weight*-gradient of that strided
   convolution at input ``g`` and output-cotangent ``x``, which XLA computes on its fast path.
 
-:func:`conv_transpose` is :func:`jaxgan.nets.conv.conv_input_grad`, whose ``custom_vjp``
-computes both gradients that way, every convolution emitted in the canonical layout XLA's CPU
-backend needs for its fast path even inside a ``lax.scan`` (see :mod:`jaxgan.nets.conv`). Strided,
-the forward pass itself is not ``lax.conv_transpose``'s convolution of the stride-dilated input
-(s**2 multiply-adds per useful one for s x s strides) but stride-1 convolutions, one per output
-phase (sub-pixel convolution; Shi et al. 2016, "Real-time single image and video
-super-resolution using an efficient sub-pixel convolutional neural network"): the same sums, so
-the same values up to float rounding.
+:func:`conv_transpose` is :func:`jaxgan.cpu.conv.conv_input_grad`, whose ``custom_vjp``
+computes both gradients that way, in the canonical layout XLA's CPU backend needs (see
+:mod:`jaxgan.cpu.conv`). Strided, the forward pass itself is stride-1 convolutions, one per
+output phase (sub-pixel convolution; Shi et al. 2016, "Real-time single image and video
+super-resolution using an efficient sub-pixel convolutional neural network"), not a convolution
+of the stride-dilated input: the same sums, so the same values up to float rounding.
 
 :class:`ConvTranspose` is a drop-in for ``flax.linen.ConvTranspose`` (same attributes, same
-parameter names and shapes, same outputs). Reverse-mode (any order) is supported; forward-mode
-(``jax.jvp``) is not, as for every ``custom_vjp``.
+parameter names and shapes, same outputs; ``onednn`` runs it with oneDNN's convolutions).
+Reverse-mode (any order) is supported; forward-mode (``jax.jvp``) is not, as for every
+``custom_vjp``.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen.dtypes import promote_dtype
 
-from jaxgan.nets.conv import conv_input_grad
+from jaxgan.cpu.conv import conv_input_grad
 
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
@@ -82,10 +80,12 @@ def conv_transpose(
     kernel_dilation: Sequence[int] | None = None,
     transpose_kernel: bool = False,
     precision: Any = None,
+    onednn: bool = False,
 ) -> Array:
     """``lax.conv_transpose`` (channels-last: ``x: [N, *spatial, C_in]``, ``kernel: [*k, C_in,
     C_out]``, or ``[*k, C_out, C_in]`` with ``transpose_kernel``) with the same values and
-    gradients computed as ordinary strided convolutions (see module docstring)."""
+    gradients computed as ordinary strided convolutions (see module docstring), oneDNN's with
+    ``onednn``."""
     n_spatial = x.ndim - 2
     strides = tuple(int(s) for s in strides)
     dilation = tuple(int(d) for d in (kernel_dilation or (1,) * n_spatial))
@@ -115,7 +115,7 @@ def conv_transpose(
     # flax's kernel is flip_swap(W) for the strided convolution's W (maps C_out channels to C_in),
     # or W itself with transpose_kernel.
     return conv_input_grad(x, kernel, out_spatial, strides, conv_pads, dilation, precision,
-                           transposed_kernel=not transpose_kernel)
+                           transposed_kernel=not transpose_kernel, onednn=onednn)
 
 
 class ConvTranspose(nn.Module):
@@ -138,6 +138,7 @@ class ConvTranspose(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros_init()
     transpose_kernel: bool = False
+    onednn: bool = False  # oneDNN's convolutions (CPU programs only; jaxgan.cpu.onednn)
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
@@ -173,7 +174,7 @@ class ConvTranspose(nn.Module):
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = conv_transpose(
             x, kernel, broadcast(self.strides), padding, kernel_dilation=broadcast(self.kernel_dilation),
-            transpose_kernel=self.transpose_kernel, precision=self.precision,
+            transpose_kernel=self.transpose_kernel, precision=self.precision, onednn=self.onednn,
         )
         if bias is not None:
             y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))

@@ -1,10 +1,10 @@
 """Building jaxgan's C++ XLA FFI handlers (CPU only) with the machine's compiler, on first use.
 
-Two libraries use it: the oneDNN convolutions (:mod:`jaxgan.nets.onednn`) and the per-example
-random draws (``csrc/threefry_rows.cc``, :func:`jaxgan.cpu.use_native_random`). A library is compiled
-once per source, jaxlib version, compiler and extra flags, into ``$JAXGAN_CACHE_DIR`` (default
-``~/.cache/jaxgan``); concurrent builders (test workers) each build into a temporary file and
-rename it into place, so none loads a half-written library.
+Two libraries use it: the oneDNN convolutions (:mod:`jaxgan.cpu.onednn`) and the per-example
+random draws (:mod:`jaxgan.cpu.draws`). A library is compiled once per source, jaxlib version,
+compiler and extra flags, into ``$JAXGAN_CACHE_DIR`` (default ``~/.cache/jaxgan``); concurrent
+builders (test workers) each build into a temporary file and rename it into place, so none loads
+a half-written library.
 """
 
 from __future__ import annotations
