@@ -125,7 +125,7 @@ def test_periodic_evaluation_during_training_and_keep_best_by_it(tmp_path):
 def test_config_checks_eval_settings():
     with pytest.raises(configs.ConfigError, match=r"eval\.every.*multiple of log_every=100"):
         configs.apply_overrides(configs.ring8(), {"eval.every": 150})
-    with pytest.raises(configs.ConfigError, match="eval.samples"):
+    with pytest.raises(configs.ConfigError, match=r"eval\.samples"):
         configs.apply_overrides(configs.ring8(), {"eval.every": 100, "eval.samples": 3})
     assert evaluate.better("fid_classifier") == "min" and evaluate.better("modes") == "max"
     assert evaluate.better("mode_kl") == "min" and evaluate.better("recall_inception") == "max"

@@ -345,7 +345,7 @@ def test_a_simultaneous_round_updates_both_players_from_the_same_state(key):
     gan = mlp_gan(schedule=jg.Schedule(simultaneous=True))
     x = batch(key)
     state = gan.init(jax.random.key(1), x)
-    got, metrics = jax.jit(gan.train_step)(state, x)
+    got, _ = jax.jit(gan.train_step)(state, x)
     d_only, _ = jax.jit(gan.d_step)(state, x)
     g_only, _ = jax.jit(gan.g_step)(state, x)  # G against the round's starting D, not the updated one
     for a, b in ((got.d, d_only.d), (got.g, g_only.g)):
