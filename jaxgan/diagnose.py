@@ -1,56 +1,21 @@
-"""Failure-mode diagnosis: read the game from the metric stream and say what to do about it.
+"""Failure-mode diagnosis: read the game from the logged rows, name the cause, say what to try.
 
-GAN losses do not fall like a classifier's, so jaxgan reads the scores for the researcher
-(MISSION.md, sections 4-6). Host-side and numpy-only: a :class:`Diagnosis` is fed the rows the
-loop logs (each row the mean of one compiled chunk of rounds, plus the scalars measured at
-plot/checkpoint steps) and returns **events**: ``{"step", "kind", "evidence", "remedies",
-"message"}``. An event is emitted when a failure starts (onset) and when it ends
-(``kind="recovered"``), never on every row.
+Host-side and numpy-only. A :class:`Diagnosis` is fed the rows the loop logs (training metrics
+averaged over ``log_every`` rounds, the toy data's sample quality, evaluation results) and
+returns **events**, ``{"step", "kind", "evidence", "remedies", "message"}``: when a failure starts
+(onset; a cause, with the other conditions it explains as ``symptoms``) and when it ends
+(``kind="recovered"``), never on every row. NaN/Inf events are :mod:`jaxgan.nonfinite`'s.
 
-Windows are in rounds (training steps). A row logged at step ``t`` covers the rounds since the
-previous row, so the mean over a window ``(t - w, t]`` weights each row by its rounds: it is the
-exact mean over those rounds. A windowed detector judges ``(t - w, t]`` once the stream covers it
-entirely after ``warmup`` (i.e. from ``t = warmup + w`` on). Every threshold is a config key
-(``diag_*``, see :class:`Thresholds`). The detectors:
-
-``discriminator_dominates``
-    window means: generator score <= ``g_low`` (0.1) and discriminator score >= ``d_high``
-    (0.85). D rejects every fake; G learns little from it.
-``generator_dominates``
-    window mean generator score >= ``g_high`` (0.7). A discriminator with bounded hidden units
-    may not be able to say more than ~0.77 about anything (the reference tanh MLP frozen at its
-    initialisation, ``d_lr=0``, tops out at 0.76-0.77 on ring8 whatever G does), so "near 1" is
-    0.7 by default; a ReLU D, unbounded, reaches 1.00.
-``mode_collapse``
-    window mean diversity (mean pairwise distance of fakes over that of reals, in-step) <=
-    ``diversity_min`` (0.5); or, on toy mixtures, the effective number of modes among the
-    high-quality samples drawn at plot/checkpoint steps <= ``modes_min`` (0.5) of the data's
-    modes, judged only when >= ``quality_min`` (5%) of the samples are high quality (else G has
-    not found the modes yet: that is not collapse).
-``vanishing_gradients``
-    window mean of G's gradient norm <= ``vanish_ratio`` (0.05) of its largest logged value
-    after warmup, while the discriminator score is >= ``d_high`` (D confident).
-``non_convergence``
-    over ``long_window`` (3000) rounds a score's standard deviation is >= ``osc_std`` (0.1), it
-    crosses its mean >= ``osc_crossings`` (4) times, and its second half swings at least half as
-    much as its first (not damping out). Needs >= 2 x ``osc_crossings`` logged rows in the long
-    window (``log_every`` <= 375 with the defaults); swings faster than ``log_every`` average out.
-``converged``
-    window means: both scores within 0.5 +- ``half_band`` (0.05) and D's accuracy within
-    0.5 +- ``acc_band`` (0.1), after D's score had reached ``edge`` (0.6) at some row: D had an
-    edge and lost it ("its accuracy falls toward 50%"). A fresh D also sits at 0.5; that is not
-    convergence.
-``nan``
-    a row whose updates were not finite (``*_nonfinite`` > 0) or whose scores are not finite.
-
-Once a failure is active it stays active until its condition is clearly off (hysteresis of
-``HYSTERESIS`` on scores, 1.2x on diversity and modes, 2x on the gradient ratio, 0.75x on the
-oscillation), so a value wandering across a threshold does not spam events.
+Windows are in rounds. A row logged at step ``t`` covers the rounds since the previous row, so
+the mean over ``(t - w, t]`` weights each row by the rounds it covers. Score rules judge from
+``score_warmup`` on, sample rules (collapse, poor fit) from ``warmup``. Each ``detect_*``
+function says what it reads; every threshold is a ``diag.*`` config key (:class:`Thresholds`).
+Once a failure is active it stays so until its condition is clearly off (hysteresis), so a
+value wandering across a threshold does not repeat events.
 
 Policies (:class:`Policy`): ``warn`` reports; ``stop`` also ends a run whose failure has not
-recovered for ``stop_after`` rounds ("If the scores do not recover for many iterations, stop
-training: the run will not come back", MISSION.md section 6); ``stop_on_converged`` ends it when
-D's feedback has become noise; :class:`BestKeeper` keeps the best checkpoint by a quality metric.
+recovered for ``stop_after`` rounds (if the scores do not recover the run will not come back);
+``stop_on_converged`` ends it when D's feedback has become noise.
 """
 
 from __future__ import annotations
@@ -137,7 +102,8 @@ class Policy:
 
 # ----------------------------------------------------------------------------- remedies
 
-# MISSION.md, sections 5 and 6, each with the config keys that apply it here.
+# The remedies for each failure (the classic list, plus those this library adds), each with the
+# config keys that apply it.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +182,7 @@ ADVICE: dict[str, tuple[Advice, ...]] = {
 
 
 def remedies(kind: str, config: Any = None) -> list[str]:
-    """What to try for failure ``kind`` (MISSION.md's list), each with the ``--set`` that does it.
+    """What to try for failure ``kind``, each with the ``--set`` that does it.
 
     With a ``config`` the values are derived from the current ones (e.g. twice the latent size)
     and remedies it already uses come last, marked "(already in use)"; without one, the hints

@@ -111,42 +111,9 @@ class Schedule:
 
 @dataclasses.dataclass(frozen=True)
 class GAN:
-    """A static GAN definition. Safe to close over in ``jax.jit``; holds no arrays.
-
-    ``unroll_steps=k`` trains G against D advanced k updates ahead (:mod:`jaxgan.unroll`);
-    ``unroll_first_order`` stops the gradient through those updates; ``unroll_remat`` wraps the
-    unrolled update in ``jax.checkpoint``. Unrolling differentiates through ``d_optimizer``:
-    give Adam ``eps_root > 0`` (e.g. ``optax.adam(lr, eps_root=1e-16)``), or a parameter with
-    an exactly-zero gradient makes G's gradient NaN (see :mod:`jaxgan.unroll`). The lookahead
-    updates train on the fakes the G loss is taken on, as the authors' reference notebook does
-    (one generator pass per G update); ``unroll_resample`` draws fresh fakes for every
-    lookahead update instead (k more generator passes, forward and backward).
-    ``axis_name`` names the device axis when the steps
-    run under ``pmap``/``shard_map``: gradients, metrics and (if ``sync_model_state``) batch
-    statistics are averaged over it. ``batch_sharding`` is for the other way to go parallel,
-    ``jax.jit`` over a mesh with the state replicated: the sharding of per-example arrays
-    ``[B]`` (e.g. ``NamedSharding(mesh, P('data'))`` on a mesh with Auto axes), so the drawn
-    latents, noise and data are split across devices and the compiler inserts the reductions.
-    ``ema_decay`` keeps an EMA of G's params in the state.
-    ``skip_nonfinite`` discards an update whose loss, gradient norm, new params (read through
-    their norm) or new model state hold a NaN/Inf. The metrics ``d_nonfinite``/``g_nonfinite``
-    flag such an update either way, except that without ``skip_nonfinite`` they do not read the
-    new params (a norm of every parameter each update):
-    params that turn non-finite while the loss and gradient stay finite (an optimizer state gone
-    Inf, an update that overflows) are flagged by the next update that reads them, and
-    :func:`jaxgan.runner.train_chunk` checks the final params of every chunk
-    (:meth:`params_finite`), so ``jaxgan train`` stops before saving them.
-    The ``diversity`` metric is estimated from B neighbouring pairs (O(B),
-    :func:`jaxgan.scores.diversity_estimate`); ``exact_diversity`` uses all B(B-1)/2 pairs
-    instead (O(B^2)).
-    ``pack=m`` makes D judge m samples at once (PacGAN, Lin et al. 2018): examples ``j*m ..
-    j*m+m-1`` of a batch, by global example index, are concatenated along the last axis (the
-    features, or the channels of images) into one input, real with real and fake with fake, so
-    D's input has m times the last axis and it outputs one logit per pack. Losses, penalties
-    (a gradient penalty interpolates between a real and a fake pack), label remedies and the
-    scores are per pack; instance noise and the diversity statistic stay per example. Each
-    device's batch must be a multiple of m.
-    """
+    """A static GAN definition: networks, optimizers, loss, schedule and remedies. Hashable and
+    free of arrays, so it is safe to close over in ``jax.jit``; the state is a :class:`GANState`.
+    Each field's comment says what it does; :mod:`jaxgan.unroll` explains the lookahead."""
 
     generator: Network
     discriminator: Network
@@ -154,17 +121,29 @@ class GAN:
     d_optimizer: optax.GradientTransformation
     loss: losses_lib.Loss = losses_lib.NON_SATURATING
     schedule: Schedule = Schedule()
+    # G trains against D advanced this many updates ahead; differentiating through D's optimizer
+    # needs Adam's eps_root > 0 (a parameter with a zero gradient otherwise makes G's gradient NaN).
     unroll_steps: int = 0
-    unroll_first_order: bool = False
-    unroll_remat: bool = False
-    unroll_resample: bool = False
+    unroll_first_order: bool = False  # stop the gradient at the advanced D
+    unroll_remat: bool = False  # recompute each lookahead update in the backward pass (jax.checkpoint)
+    unroll_resample: bool = False  # fresh fakes for each lookahead update (default: the G step's fakes)
     penalties: tuple[Remedy, ...] = ()
-    ema_decay: float | None = None
+    ema_decay: float | None = None  # keep an EMA of G's params in the state (sampled from when kept)
+    # The device axis when the steps run under pmap/shard_map: gradients, metrics and (with
+    # sync_model_state) batch statistics are averaged over it.
     axis_name: str | None = None
     sync_model_state: bool = True
+    # For jax.jit over a mesh instead (state replicated): the sharding of per-example arrays [B],
+    # so the drawn latents, noise and data are split and the compiler inserts the reductions.
     batch_sharding: Any = None
+    # Discard an update whose loss, gradient norm, new params or model state is not finite; the
+    # *_nonfinite metrics flag it either way (without this they do not read the new params, which
+    # :func:`jaxgan.runner.train_chunk` then checks once per chunk).
     skip_nonfinite: bool = False
-    exact_diversity: bool = False
+    exact_diversity: bool = False  # diversity over all B(B-1)/2 pairs instead of B neighbouring ones
+    # D judges `pack` samples at once (PacGAN, Lin et al. 2018): consecutive examples by global
+    # index, concatenated along the last axis; losses, penalties, label remedies and scores are per
+    # pack, instance noise and diversity per example. Each device's batch is a multiple of it.
     pack: int = 1
 
     def __post_init__(self):

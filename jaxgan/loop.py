@@ -399,6 +399,7 @@ def train(
     sampler = Sampler(run.gan)
     chunks = None
     step, stop_reason, interrupted, failed = start, None, False, False
+    boundary_s = 0.0  # main-thread time at boundaries (waiting for the step excluded): the loop's overhead
     t0 = time.perf_counter()
     try:
         for obs in observers:
@@ -422,8 +423,10 @@ def train(
                 if plot or ckpt_due or wanted >= 0:
                     rows.consume(*pending)
                     pending = None
+                    t_boundary = time.perf_counter()
                     _boundary(step, state, plot, ckpt_due, step == total or stop_reason is not None, plan, run,
                               observers, sampler, ckpt, rows, guard, writer)
+                    boundary_s += time.perf_counter() - t_boundary
                 if stop_reason is not None:
                     interrupted = signals.received is not None
                     break
@@ -453,10 +456,12 @@ def train(
                     writer.close()
                 except Exception:
                     pass
+    t_close = time.perf_counter()
     writer.close()
+    boundary_s += time.perf_counter() - t_close  # files still being written when training ended
     wall = time.perf_counter() - t0
     rate = (step - start) / wall if wall > 0 else 0.0
-    _write_summary(out, main, start, step, wall, stop_reason, guard.skipped, plan, rows.last)
+    _write_summary(out, main, start, step, wall, stop_reason, guard.skipped, plan, rows.last, boundary_s)
     if guard.skipped:
         echo(f"jaxgan: skipped {guard.skipped} non-finite update(s) so far (nan_policy=skip)")
     if interrupted:
@@ -496,11 +501,12 @@ def _boundary(step: int, state, plot: bool, ckpt_due: bool, final: bool, plan, r
 
 
 def _write_summary(out: str, main: bool, start: int, final: int, wall: float, stopped_by: str | None,
-                   skipped: int, plan, last: dict[str, float]) -> None:
+                   skipped: int, plan, last: dict[str, float], boundary_s: float | None = None) -> None:
     if not main:
         return
     rundir.write_json(os.path.join(out, rundir.SUMMARY), {
         "start_step": start, "final_step": final, "wall_s": round(wall, 3),
+        "boundary_s": None if boundary_s is None else round(boundary_s, 3),
         "steps_per_s": round((final - start) / wall, 2) if wall > 0 else 0.0, "skipped_updates": skipped,
         "stopped_by": stopped_by, "devices": plan.num_devices, "parallel": plan.mode, **last,
     })

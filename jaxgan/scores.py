@@ -1,6 +1,6 @@
 """The 0-to-1 scores and in-step statistics that say how each player is doing.
 
-Definitions (MISSION.md, section 6), with ``p`` the discriminator's output read as P(real)
+Definitions, with ``p`` the discriminator's output read as P(real)
 (:func:`jaxgan.losses.to_probability`):
 
 * generator score = mean(p on generated samples): near 0 when D rejects every fake;

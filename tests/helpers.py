@@ -70,7 +70,9 @@ def trees_equal(a, b) -> bool:
 
 
 # The ring8 toy GAN shrunk to run in a fraction of a second per round.
-TINY = {"batch_size": 16, "g_hidden": (8, 8), "d_hidden": (8, 8), "latent_dim": 4}
+# A small tanh MLP pair, one sample per D input (the ring8 preset's maxout D and packs are
+# tested on their own).
+TINY = {"batch_size": 16, "g_hidden": (8, 8), "d_hidden": (8, 8), "latent_dim": 4, "d_activation": "", "pack": 1}
 
 
 def tiny_run(**overrides) -> loop.Run:

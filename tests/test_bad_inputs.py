@@ -152,7 +152,7 @@ def test_range_warning_prints_one_line_and_training_goes_on(tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--preset", "nope"], "unknown preset 'nope'; choose one of ['dcgan-cifar10', 'dcgan-mnist', 'dcgan32', "
-     "'dcgan64', 'gaussian1d', 'grid25', 'metz-grid25', 'metz-ring8', 'ring8']"),
+     "'dcgan64', 'gaussian1d', 'grid25', 'metz-grid25', 'metz-ring8', 'pacgan-grid25', 'pacgan-ring8', 'ring8']"),
     (["--set", "nope=1"], "unknown config key 'nope'; valid keys: "),
     (["--set", "batch_size"], "--set expects key=value, got 'batch_size' (e.g. --set loss=hinge)"),
     (["--set", "batch_size=abc"], "config key 'batch_size' needs a value of type int, got 'abc'"),
