@@ -143,7 +143,7 @@ def table(path: str) -> str:
     out = ["| preset | variant | modes (of K) | per seed | high-quality samples | reverse KL | rounds | wall |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        kl = "—" if r["reverse_kl_mean"] is None else f"{r['reverse_kl_mean']:.2f} ± {r['reverse_kl_std']:.2f}"
+        kl = "—" if r["reverse_kl_mean"] is None else f"{r['reverse_kl_mean']:.3f} ± {r['reverse_kl_std']:.3f}"
         if r.get("seeds_without_hq_samples"):  # KL undefined for those seeds: say over how many it is
             kl += f" ({r['seeds'] - r['seeds_without_hq_samples']} of {r['seeds']} seeds)"
         modes = f"{r['modes_mean']:.1f} ± {r['modes_std']:.1f} (of {r['num_modes']})"

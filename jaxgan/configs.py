@@ -42,14 +42,15 @@ class DiagConfig:
     acc_band: float = 0.1  # ... D's accuracy within 0.5 +- this ...
     edge: float = 0.6  # ... after D's score had reached this (D had an edge, then lost it)
     diversity_min: float = 0.5  # mode_collapse: diversity (fake/real spread) at most this, or
-    modes_min: float = 0.5  # (toy) effective modes at most this fraction of the data's modes
-    quality_min: float = 0.2  # (toy) mode counts judged only when this fraction of samples sits on a mode
+    modes_min: float = 0.5  # (toy) the samples spread over at most this fraction of the modes' territories
     fit_min: float = 0.5  # poor_fit: high-quality fraction (toy) or precision (images) below this ...
     fit_band: float = 0.1  # ... while both scores sit within 0.5 +- this (D cannot tell the samples apart)
+    fit_progress: float = 0.2  # ... and (toy) their median distance to a mode fell less than this ...
+    fit_window: int = 2000  # ... over this many rounds (a G still closing in on the modes is learning)
     vanish_ratio: float = 0.05  # vanishing_gradients: G's gradient norm at most this x its peak
     osc_std: float = 0.1  # non_convergence: a score's std over the long window at least this,
     osc_crossings: int = 4  # crossing its mean at least this often, and not damping out; or
-    osc_swing: float = 0.05  # its round-to-round std within logged rows at least this over the window
+    osc_swing: float = 0.15  # its round-to-round std within logged rows at least this over the window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +157,7 @@ class Config:
         resolved: dict[str, Any] = {}
         for key, value in values.items():
             name = LEGACY_KEYS.get(key, key)
-            if name is not None:  # None: replaced by keep_best (see _legacy_best)
+            if name is not None:  # None: replaced by keep_best (see _legacy_best), or GONE
                 resolved[name] = _coerce(name, value)
         best = _legacy_best(values)
         if best is not None and "keep_best" not in values:
@@ -172,7 +173,11 @@ LEGACY_KEYS: dict[str, str | None] = {
     **{f"diag_{f.name}": f"diag.{f.name}" for f in dataclasses.fields(DiagConfig) if f.name != "mode"},
     **{f"eval_{f.name}": f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)},
     "diag_best_metric": None, "diag_best_mode": None, "keep_best_metric": None, "keep_best_mode": None,
+    "diag_quality_min": None,
 }
+# Keys that a saved config may hold and that are now ignored, with what replaced them.
+GONE = {"diag_quality_min": "the toy collapse rule reads where every sample falls (modes_spread), not only the "
+                            "high-quality ones; tune diag.modes_min"}
 
 
 def _legacy_best(values: dict[str, Any]) -> str | None:
@@ -449,6 +454,8 @@ def canonical_key(key: str, *, warn: Callable[[str], None] | None = None) -> str
     to ``warn``), ``diag`` -> ``diag.mode``. Keys replaced by ``keep_best`` are refused, naming it."""
     if key in LEGACY_KEYS:
         new = LEGACY_KEYS[key]
+        if new is None and key in GONE:
+            raise ConfigError(f"{key} is gone: {GONE[key]}")
         if new is None:
             raise ConfigError(
                 f"{key} is gone: one keep-best now serves both uses; set keep_best=METRIC[:max|min],... "
@@ -604,12 +611,12 @@ def _validate_diag(d: DiagConfig, need: Callable[[bool, str, str], None]) -> Non
          "a run whose failure does not recover) or off")
     need(d.quality in ("auto", "off"), "diag.quality", "choose auto (measure sample quality where the data allows) "
          "or off")
-    for key in ("stop_after", "window", "long_window", "samples"):
+    for key in ("stop_after", "window", "long_window", "fit_window", "samples"):
         need(getattr(d, key) >= 1, f"diag.{key}", "must be >= 1")
     need(d.warmup >= 0, "diag.warmup", "must be >= 0")
     need(d.score_warmup >= 0, "diag.score_warmup", "must be >= 0")
     need(d.osc_crossings >= 1, "diag.osc_crossings", "must be >= 1")
-    for key in ("g_low", "d_high", "g_high", "edge", "quality_min", "modes_min", "fit_min"):
+    for key in ("g_low", "d_high", "g_high", "edge", "modes_min", "fit_min", "fit_progress"):
         need(0.0 <= getattr(d, key) <= 1.0, f"diag.{key}", "is a fraction or a 0-to-1 score: choose a value in [0, 1]")
     for key in ("half_band", "acc_band", "fit_band"):
         need(0.0 <= getattr(d, key) <= 0.5, f"diag.{key}", "is a distance from 0.5: choose a value in [0, 0.5]")

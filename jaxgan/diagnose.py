@@ -72,13 +72,14 @@ class Thresholds:
     edge: float = 0.6
     diversity_min: float = 0.5
     modes_min: float = 0.5
-    quality_min: float = 0.2
     fit_min: float = 0.5
     fit_band: float = 0.1
+    fit_progress: float = 0.2
+    fit_window: int = 2000
     vanish_ratio: float = 0.05
     osc_std: float = 0.1
     osc_crossings: int = 4
-    osc_swing: float = 0.05
+    osc_swing: float = 0.15
 
     @classmethod
     def from_config(cls, config: Any) -> Thresholds:
@@ -417,9 +418,8 @@ def _measured(h: History, key: str, t: int, th: Thresholds) -> Window | None:
 
 def detect_mode_collapse(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
     """Diversity (fake spread over real spread, in-step) at most ``diversity_min``; or, on toy
-    data, the high-quality samples on at most ``modes_min`` of the modes (effective count),
-    judged only when at least ``quality_min`` of them are high quality (else the count says
-    little: that is :func:`detect_poor_fit`'s case)."""
+    data, G's samples (each at its nearest mode) spread over at most ``modes_min`` of the modes'
+    territories (``modes_spread``; on or off the modes: how close they sit is :func:`detect_poor_fit`'s)."""
     verdicts, ev, parts = [], {}, []
     div = h.window("diversity", t, th.window, th.warmup)
     if div is not None:
@@ -430,16 +430,13 @@ def detect_mode_collapse(h: History, t: int, th: Thresholds, active: bool, ctx) 
         parts.append(f"diversity {div.mean:.3f} ({'<=' if div.mean <= limit else '>'} {th.diversity_min:g}) "
                      f"over steps {div.start}-{div.end}")
     num_modes = ctx.get("num_modes")
-    eff = _measured(h, "modes_effective", t, th)
-    quality = _measured(h, "high_quality_frac", t, th)
-    if num_modes and eff is not None and quality is not None and quality.mean >= th.quality_min:
+    spread = _measured(h, "modes_spread", t, th)
+    if num_modes and spread is not None:
         limit = th.modes_min * num_modes * (1.2 if active else 1.0)
-        verdicts.append(eff.mean <= limit)
-        ev.update({"modes_effective": _r(eff.mean), "modes_total": int(num_modes),
-                   "high_quality_frac": _r(quality.mean), "modes_min": th.modes_min, "quality_min": th.quality_min})
-        parts.append(f"{eff.mean:.1f} effective modes of {num_modes} "
-                     f"({'<=' if eff.mean <= limit else '>'} {th.modes_min:g} x {num_modes}), "
-                     f"{100 * quality.mean:.0f}% of samples on a mode")
+        verdicts.append(spread.mean <= limit)
+        ev.update({"modes_spread": _r(spread.mean), "modes_total": int(num_modes), "modes_min": th.modes_min})
+        parts.append(f"samples spread over {spread.mean:.1f} of {num_modes} modes' territories "
+                     f"({'<=' if spread.mean <= limit else '>'} {th.modes_min:g} x {num_modes})")
     if not verdicts:
         return None
     return Finding(any(verdicts), ev, "; ".join(parts))
@@ -449,17 +446,21 @@ FIT_KEYS = ("high_quality_frac", "precision_classifier", "precision_inception") 
 
 
 def detect_poor_fit(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
-    """G's samples are mostly off the data (toy: the high-quality fraction; images: the
-    precision of their features against real ones, from periodic evaluation) below ``fit_min``
+    """G's samples are mostly off the data (toy: the high-quality fraction over ``long_window``;
+    images: the precision of their features against real ones, from periodic evaluation) below ``fit_min``
     while both scores sit within 0.5 +- ``fit_band``: D cannot tell, so G gets no signal to fix
-    them. Judged after ``warmup``."""
+    them. On toy data, also not closing in: the samples' median distance to their nearest mode
+    fell by less than ``fit_progress`` over the last ``fit_window`` rounds (a G still sharpening
+    onto the modes is learning, not stuck). Judged after ``warmup``."""
     w = _scores(h, t, th)
     if w is None or t < th.warmup + th.window:
         return None
     g, d = w
     fit = None
     for key in FIT_KEYS:
-        x = _measured(h, key, t, th)
+        # The toy probe runs every chunk on the live G, whose samples jitter from update to
+        # update: judge it over the long window. Evaluation precision is sparse: the latest.
+        x = h.window(key, t, th.long_window, th.warmup) if key == "high_quality_frac" else _measured(h, key, t, th)
         if x is not None:
             fit = (key, x)
             break
@@ -473,7 +474,19 @@ def detect_poor_fit(h: History, t: int, th: Thresholds, active: bool, ctx) -> Fi
           "generator_score": _r(g.mean), "discriminator_score": _r(d.mean), "fit_band": th.fit_band}
     summary = (f"{key.replace('_', ' ')} {x.mean:.3f} {'<' if low else '>='} {th.fit_min:g} while the scores sit at "
                f"{g.mean:.2f} and {d.mean:.2f}, over steps {x.start}-{x.end}")
-    return Finding(low and undecided, ev, summary)
+    stuck = True
+    if key == "high_quality_frac" and h.latest("median_distance") is not None:
+        now = h.window("median_distance", t, th.window, th.warmup)
+        then = h.window("median_distance", t - th.fit_window, th.window, th.warmup)
+        if now is None or then is None:
+            return None  # too early to tell a stalled G from one still closing in
+        fell = 1.0 - now.mean / then.mean if then.mean > 0 else 0.0
+        stuck = fell < th.fit_progress
+        ev.update({"median_distance": _r(now.mean), "median_distance_before": _r(then.mean),
+                   "fit_progress": th.fit_progress, "fit_window": th.fit_window})
+        summary += (f"; their median distance to a mode went from {then.mean:.2f} to {now.mean:.2f} std over "
+                    f"{th.fit_window} rounds ({'not ' if stuck else ''}closing in)")
+    return Finding(low and undecided and stuck, ev, summary)
 
 
 def _crossings(values: np.ndarray, level: float) -> int:
@@ -484,12 +497,12 @@ def _crossings(values: np.ndarray, level: float) -> int:
 
 def detect_non_convergence(h: History, t: int, th: Thresholds, active: bool, ctx) -> Finding | None:
     """A score swings without settling: round to round within the logged rows (its per-row std,
-    ``<score>_swing``, at least ``osc_swing`` over the window), or from row to row over the
+    ``<score>_swing``, at least ``osc_swing`` over the window, after ``warmup``), or from row to row over the
     long window (std at least ``osc_std``, crossing its mean ``osc_crossings`` times, the second
     half swinging at least half as much as the first)."""
     best: Finding | None = None
     for key in SCORE_KEYS:
-        sw = h.window(f"{key}_swing", t, th.window, th.score_warmup)
+        sw = h.window(f"{key}_swing", t, th.window, th.warmup)  # every run's opening rounds swing
         if sw is None:
             continue
         level = float(np.sqrt(np.sum(sw.weights * sw.values**2) / np.sum(sw.weights)))

@@ -166,9 +166,11 @@ class Sampler:
 
 
 def quality_probe(run: Any, n: int) -> Callable[[Any, int], dict[str, jax.Array]] | None:
-    """A compiled ``(state, step) -> {modes_captured, modes_effective, high_quality_frac}`` of
-    ``n`` samples against the data's modes (toy mixtures; None for other data). Dispatched after
-    every chunk without waiting, it costs one generator pass of ``n`` samples per chunk."""
+    """A compiled ``(state, step) -> coverage.quality(...)`` of ``n`` samples against the data's
+    modes (toy mixtures; None for other data). Dispatched after every chunk without waiting, it
+    costs one generator pass of ``n`` samples per chunk. It samples the generator being trained,
+    like the in-step scores, not its EMA copy: early on an EMA still holds much of the initial
+    weights (0.999^800 = 0.45), and the monitor judges the game, not the average."""
     mixture = run.mixture
     if mixture is None:
         return None
@@ -180,7 +182,7 @@ def quality_probe(run: Any, n: int) -> Callable[[Any, int], dict[str, jax.Array]
     @jax.jit
     def probe(state, step):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SAMPLE), step)
-        samples = gan.sample(state, key, n).reshape(n, -1)
+        samples = gan.sample(state, key, n, use_ema=False).reshape(n, -1)
         return coverage.quality(samples, jnp.asarray(centers), std)
 
     return probe

@@ -149,30 +149,29 @@ def test_mode_collapse_from_diversity():
     assert run(stream(30, diversity=0.7)).events == []
 
 
-def coverage_rows(effective, quality, every=500, n=8):
+def coverage_rows(spread, quality=0.6, every=500, n=8):
     """A healthy stream with coverage snapshots every ``every`` steps."""
     rows = []
     for r in stream(n * every // 100):
         rows.append(r)
         if r["step"] % every == 0:
-            rows.append({"step": r["step"], "modes_effective": effective(r["step"]),
-                         "modes_captured": math.ceil(effective(r["step"])), "high_quality_frac": quality})
+            rows.append({"step": r["step"], "modes_spread": spread(r["step"]), "high_quality_frac": quality,
+                         "median_distance": 2.0})
     return rows
 
 
-def test_mode_collapse_from_toy_coverage_only_when_samples_sit_on_modes():
-    rows = coverage_rows(lambda t: 8.0 if t <= 1500 else 2.0, quality=0.6)
+def test_mode_collapse_from_where_the_toy_samples_fall():
+    rows = coverage_rows(lambda t: 8.0 if t <= 1500 else 2.0)
     (ev,) = run(rows, num_modes=8).events
     assert ev["kind"] == "mode_collapse" and ev["step"] == 2000  # the first collapsed snapshot
-    assert ev["evidence"]["modes_effective"] == 2.0 and ev["evidence"]["modes_total"] == 8
-    assert ev["evidence"]["high_quality_frac"] == 0.6
-    # Few modes but hardly any sample on a mode: G has not found the modes; that is not collapse
-    # but a poor fit (the scores sit at 0.5, so D cannot tell).
-    assert kinds(run(coverage_rows(lambda t: 2.0, quality=0.01), num_modes=8).events) == ["poor_fit"]
+    assert ev["evidence"]["modes_spread"] == 2.0 and ev["evidence"]["modes_total"] == 8
+    # On the modes or off them: a blob in two modes' territories is collapse either way.
+    assert kinds(run(coverage_rows(lambda t: 2.0 if t > 1500 else 8.0, quality=0.01), num_modes=8).events) \
+        == ["mode_collapse"]
     # Six of eight modes is not collapse (threshold: half the modes).
-    assert run(coverage_rows(lambda t: 6.0, quality=0.6), num_modes=8).events == []
+    assert run(coverage_rows(lambda t: 6.0), num_modes=8).events == []
     # Snapshots before the warm-up ends are not judged.
-    assert run(coverage_rows(lambda t: 2.0 if t <= 500 else 8.0, quality=0.6), num_modes=8).events == []
+    assert run(coverage_rows(lambda t: 2.0 if t <= 500 else 8.0), num_modes=8).events == []
 
 
 def test_vanishing_gradients_needs_a_confident_discriminator():
@@ -225,25 +224,43 @@ def test_a_dominating_generator_explains_the_collapse_it_causes():
 
 
 def test_poor_fit_when_samples_are_off_the_data_and_d_cannot_tell():
-    """High-quality fraction below fit_min while both scores sit at 0.5: poor fit, judged after
-    the warm-up; not while D still has an edge, and not once the samples are on the modes."""
-    def rows_with(quality, d=0.5, g=0.5, n=30):
+    """High-quality fraction below fit_min while both scores sit at 0.5 and the samples are not
+    closing in on the modes: poor fit; not while D still has an edge, not while the samples'
+    distance to the modes is falling, and not once they are on the modes."""
+    def rows_with(quality, d=0.5, g=0.5, n=30, distance=lambda t: 5.0):
         rows = []
         for r in stream(n, discriminator_score=d, generator_score=g):
-            rows += [r, {"step": r["step"], "high_quality_frac": quality(r["step"]), "modes_effective": 20.0,
-                         "modes_captured": 25.0}]
+            rows += [r, {"step": r["step"], "high_quality_frac": quality(r["step"]), "modes_spread": 20.0,
+                         "median_distance": distance(r["step"])}]
         return rows
 
     events = run(rows_with(lambda t: 0.03), num_modes=25).events
     assert kinds(events) == ["poor_fit"]
-    assert events[0]["step"] == TH.warmup + TH.window  # the first window judged
-    assert events[0]["evidence"]["high_quality_frac"] == 0.03
+    # The first step judged: the window (t - 200, t] after the warm-up, and the same window
+    # fit_window rounds earlier to compare the distance with.
+    assert events[0]["step"] == TH.warmup + TH.window + TH.fit_window
+    ev = events[0]["evidence"]
+    assert ev["high_quality_frac"] == 0.03 and ev["median_distance"] == ev["median_distance_before"] == 5.0
     assert events[0]["remedies"][0].startswith("a discriminator that learns faster") and "d_lr=0.0004" in \
         events[0]["remedies"][0]
     assert run(rows_with(lambda t: 0.03, d=0.7, g=0.3), num_modes=25).events == []  # D has an edge
     assert run(rows_with(lambda t: 0.9), num_modes=25).events == []
-    late = run(rows_with(lambda t: 0.9 if t <= 1500 else 0.1), num_modes=25).events
-    assert kinds(late) == ["poor_fit"] and 0 <= late[0]["step"] - 1600 <= 300
+    # Closing in: the distance falls 30% per 2000 rounds (fit_progress 0.2): learning, not stuck;
+    # the same fall stopping at round 2000 is poor fit once the window no longer shows it.
+    closing = lambda t: 50.0 * 0.7 ** (t / 2000)
+    assert run(rows_with(lambda t: 0.03, distance=closing, n=50), num_modes=25).events == []
+    stalls = run(rows_with(lambda t: 0.03, distance=lambda t: closing(min(t, 2000)), n=50), num_modes=25).events
+    assert kinds(stalls) == ["poor_fit"]
+    dist = lambda t: np.mean([closing(min(s, 2000)) for s in (t - 100, t)])  # a window: the rows (t - 200, t]
+    fell = lambda t: 1.0 - dist(t) / dist(t - TH.fit_window)
+    assert fell(stalls[0]["step"]) < TH.fit_progress <= fell(stalls[0]["step"] - 100)
+    # Judged on the high-quality fraction over the long window (the live G's samples jitter):
+    # the first step whose 1000-round mean is below fit_min, from the independent reference.
+    late_rows = rows_with(lambda t: 0.95 if t <= 3000 else 0.1, n=50)
+    late = run(late_rows, num_modes=25).events
+    hq = window_means([r for r in late_rows if "high_quality_frac" in r], "high_quality_frac", TH.long_window,
+                      TH.warmup)
+    assert kinds(late) == ["poor_fit"] and late[0]["step"] == min(t for t in hq if hq[t] < TH.fit_min)
     # On images the evaluation's classifier-feature precision says it, at its own pace.
     image = stream(30) + [{"step": t, "precision_classifier": 0.2, "recall_classifier": 0.3} for t in (1000, 2000)]
     image.sort(key=lambda r: r["step"])
@@ -363,6 +380,11 @@ def test_mode_coverage_against_an_independent_count():
     assert cov["modes_captured"] == 3
     assert cov["high_quality_frac"] == pytest.approx(450 / 500)
     assert cov["modes_effective"] == pytest.approx(np.exp(scipy.stats.entropy([300, 100, 50])), rel=1e-5)
+    # Every sample by its nearest mode (the 50 equidistant ones go to the first centre, argmin's
+    # tie-break), and the median distance in std units (the 50 off-mode samples are the top 10%).
+    assert cov["modes_spread"] == pytest.approx(np.exp(scipy.stats.entropy([350, 100, 0, 50])), rel=1e-5)
+    dist = np.min(np.linalg.norm(np.concatenate([on_modes, off])[:, None] - centers[None], axis=-1), axis=1)
+    assert cov["median_distance"] == pytest.approx(np.median(dist) / 0.02, rel=1e-4)
 
 
 def test_game_scores_are_missions_definitions():

@@ -124,7 +124,6 @@ def test_collapsed_grid25_gan_is_flagged_mode_collapse(tmp_path):
                                            "plot_every=600", "ckpt_every=200", "tensorboard=false")
     ev = only(events, "mode_collapse")
     assert [e["kind"] for e in events if e["kind"] in FAILURES] == ["mode_collapse"]
-    assert "poor_fit" in ev["evidence"]["symptoms"]  # off the modes because it is one blob
     start, end = ev["evidence"]["window"]
     div = window_mean(rows, "diversity", start, end)
     assert ev["evidence"]["diversity"] == pytest.approx(div, rel=1e-3) and div <= 0.5

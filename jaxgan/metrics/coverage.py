@@ -118,16 +118,19 @@ def quality(samples: Array, centers: Array, std: float | Array, *, threshold: fl
     (= K exp(-reverse KL)): K when they spread evenly over K modes, 1 when they all sit on one,
     not moved by a few stray samples as a count is; 0 when no sample is high quality; and
     ``modes_spread``, the same over every sample by its nearest mode, high quality or not: how
-    many modes' territories the samples spread over (about 1 for a single blob)."""
+    many modes' territories the samples spread over (about 1 for a single blob); and
+    ``median_distance``, the median distance of a sample to its nearest mode in units of the
+    modes' std (falling while G sharpens onto the modes, flat when it has stalled off them)."""
     cov = mode_coverage(samples, centers, std, threshold=threshold)
     total = jnp.sum(cov.counts)
     p = cov.counts / jnp.maximum(total, 1)
     entropy = -jnp.sum(jax.scipy.special.xlogy(p, p))
-    nearest, _ = nearest_mode(jnp.asarray(samples), jnp.asarray(centers, samples.dtype))
+    nearest, dist = nearest_mode(jnp.asarray(samples), jnp.asarray(centers, samples.dtype))
     q = jnp.zeros((centers.shape[0],), jnp.float32).at[nearest].add(1.0) / samples.shape[0]
     return {
         "modes_captured": cov.modes.astype(jnp.float32),
         "modes_effective": jnp.where(total > 0, jnp.exp(entropy), 0.0).astype(jnp.float32),
         "high_quality_frac": cov.high_quality.astype(jnp.float32),
         "modes_spread": jnp.exp(-jnp.sum(jax.scipy.special.xlogy(q, q))).astype(jnp.float32),
+        "median_distance": (jnp.median(dist) / std).astype(jnp.float32),
     }
