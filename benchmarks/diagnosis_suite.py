@@ -86,7 +86,7 @@ def swinging(th: diagnose.Thresholds) -> Callable[[Rows, Rows], int | None]:
     """An oscillating game: the first row after the 500 opening rounds (which swing in every run:
     up to 0.17 on the grid25 preset) whose generator or discriminator score swings by
     ``osc_swing`` (std, 0.15) from round to round, half as much again as the healthy presets'
-    largest swing after them (0.106, grid25's generator score)."""
+    largest swing after them (0.117, grid25's generator score)."""
     return lambda rows, _q: _first(rows, lambda r: r["step"] > th.warmup and max(r.get("generator_score_swing", 0),
                                                        r.get("discriminator_score_swing", 0)) >= th.osc_swing)
 

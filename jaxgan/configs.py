@@ -225,7 +225,7 @@ DIAG_KEYS = frozenset({"diag"})
 # ---------------------------------------------------------------------------- presets
 
 
-# What the toy presets share, and why (each measured on 2 seeds, then 10, with
+# What the toy presets share, and why (each choice tried on 2 seeds, then the presets on 10, with
 # benchmarks/mode_collapse.py; figures in benchmarks/README.md):
 # - D learns as fast as G (Adam 1e-3 both): with D at 1e-4, D cannot tell samples 0.1 off a mode
 #   from the data, both scores sit at 0.5 and fewer than half the samples land on a mode;
@@ -245,16 +245,15 @@ def ring8() -> Config:
     """Ring of 8 Gaussians (radius 2, std 0.02): the default, ``TOY_2D`` with a 16-dimensional
     latent.
 
-    Run: ``jaxgan train`` (about a minute on a 2-core CPU). Over 10 seeds: 8/8 modes on every seed,
-    97% of samples high quality, reverse KL 0.002 (benchmarks/README.md). The paper's own setup
-    is ``metz-ring8``.
+    Run: ``jaxgan train``; its mode coverage over 10 seeds is in benchmarks/README.md. The
+    paper's own setup is ``metz-ring8``.
     """
     return Config(preset="ring8", dataset="ring8", latent_dim=16, **TOY_2D)
 
 
 def grid25() -> Config:
     """5x5 grid of Gaussians (VEEGAN/PacGAN's harder benchmark): ``TOY_2D`` with a 256-dimensional
-    latent (a 16-dimensional one lost modes here: 23 and 25 on 2 seeds).
+    latent (a 16-dimensional one lost modes here).
 
     Run: ``jaxgan train --preset grid25``. Results over 10 seeds: benchmarks/README.md.
     """
