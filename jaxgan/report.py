@@ -28,7 +28,7 @@ _FINAL_KEYS = (
     "generator_score", "discriminator_score", "d_accuracy_real", "d_accuracy_fake", "wasserstein_estimate",
     "diversity", "g_grad_norm", "d_grad_norm", "d_loss", "g_loss",
 )
-_SNAPSHOT_KEYS = ("modes_captured", "modes_effective", "high_quality_frac")
+_SNAPSHOT_KEYS = ("modes_captured", "modes_effective", "modes_spread", "high_quality_frac", "median_distance")
 
 
 @dataclasses.dataclass
