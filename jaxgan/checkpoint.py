@@ -436,6 +436,10 @@ class KeepBest(Observer):
             record = {"step": b.step, "best": self.keeper.best,
                       "config": dataclasses.asdict(self._ctx.run.config)}
             self._ckpt.save(b.step, b.state, record)
+            if jax.process_count() > 1:
+                # Finish this process-local save before the run's collective checkpoint of the same
+                # step starts: two orbax saves of one step in flight at once can hang the latter.
+                self._ckpt.wait()
 
     def on_end(self, step: int) -> None:
         if self._ckpt is not None:
