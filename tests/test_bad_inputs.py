@@ -171,6 +171,8 @@ def test_range_warning_prints_one_line_and_training_goes_on(tmp_path, capsys):
     (["--set", "keep_best=d_loss:median"], "keep_best='d_loss:median': d_loss:median: the direction after ':' is"),
     (["--set", "keep_best_mode=min"], "keep_best_mode is gone: one keep-best now serves both uses; set keep_best="),
     (["--set", "diag.window=0"], "diag.window=0: must be >= 1"),
+    (["--set", "diag_quality_min=0.1"], "diag_quality_min is gone: the toy collapse rule reads where every sample"),
+    (["--set", "diag.fit_progress=1.5"], "diag.fit_progress=1.5: is a fraction"),
     (["--set", "diag.nope=1"], "unknown config key 'diag.nope'"),
     (["--steps", "0"], "steps=0: must be >= 1"),
 ])
