@@ -160,9 +160,11 @@ def run_case(case: Case, root: str, extra: dict, replay: bool = False) -> dict:
     config = configs.apply_overrides(configs.preset(case.preset), {"tensorboard": False, **case.overrides, **extra})
     out = os.path.join(root, case.name)
     wall = None
-    if replay:
+    if replay:  # the detectors' events again; NaN events are the non-finite guard's, as logged
         events = report.summarize(out, replay=True, overrides={k: v for k, v in extra.items()
                                                                if k.startswith("diag.")}).events
+        events += [e for e in rundir.read_jsonl(os.path.join(out, rundir.EVENTS)) if e["kind"] == "nan"]
+        events.sort(key=lambda e: int(e["step"]))
     else:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
@@ -174,8 +176,6 @@ def run_case(case: Case, root: str, extra: dict, replay: bool = False) -> dict:
         events = rundir.read_jsonl(os.path.join(out, rundir.EVENTS))
     rows = diagnose.clean_rows(rundir.read_jsonl(os.path.join(out, rundir.METRICS)))
     quality = diagnose.clean_rows(rundir.read_jsonl(os.path.join(out, rundir.QUALITY)))
-    if replay and case.name == "nan":  # the non-finite guard's event is the loop's, not the detectors'
-        events = rundir.read_jsonl(os.path.join(out, rundir.EVENTS))
     events = [e for e in events if e["kind"] not in NOT_FAILURES]
     raised = [{"step": int(e["step"]), "kind": e["kind"],
                "symptoms": e.get("evidence", {}).get("symptoms", [])} for e in events]
